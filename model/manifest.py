@@ -124,15 +124,18 @@ class Manifest:
         return {c: len(v) for c, v in subjects.items()}
 
     def content_hash(self) -> str:
-        """SHA-256 over every row and each file's size: changes when labels, splits or files change."""
+        """SHA-256 over every row and each file's size: changes when labels, splits or files change,
+        not when the dataset moves (only the file's folder and name enter, not the full path)."""
         digest = hashlib.sha256()
-        for s in sorted(self.samples, key=lambda s: str(s.path)):
+        rows = []
+        for s in self.samples:
             try:
                 size = s.path.stat().st_size
             except OSError:
                 size = -1
-            rel = _relative(s.path, self.root)
-            digest.update(f"{rel}|{s.label}|{s.subject_id}|{s.split}|{size}\n".encode())
+            rows.append(f"{s.path.parent.name}/{s.path.name}|{s.label}|{s.subject_id}|{s.split}|{size}\n")
+        for row in sorted(rows):
+            digest.update(row.encode())
         return digest.hexdigest()
 
 

@@ -131,3 +131,13 @@ def subject_overlap(manifest: Manifest) -> dict[str, list[str]]:
             if shared:
                 out[f"{a}-{b}"] = shared
     return out
+
+
+def ensure_split(manifest: Manifest, *, seed: int = 0, ratios: Sequence[float] = DEFAULT_RATIOS) -> Manifest:
+    """The manifest as is when every sample has a split, else split subject-aware with ``seed``."""
+    if manifest.has_splits:
+        return manifest
+    split, report = split_manifest(manifest, ratios, seed=seed)
+    split.warnings.append(f"no split in the data: split subject-aware now (seed {seed}, ratios "
+                          f"{','.join(str(r) for r in ratios)}; by {report.group_kind})")
+    return split

@@ -1,0 +1,293 @@
+"""Two-phase training: a frozen pretrained backbone first, then fine-tuning with BatchNorm kept frozen.
+
+Every epoch writes a checkpoint, the best-so-far model and the early-stopping state atomically, so an
+interrupted run continues with ``--resume`` from where it stopped without losing epochs or the best
+weights. Backbones without pretrained weights have nothing to protect, so phase 1 is skipped and
+BatchNormalization trains normally.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from model.classes import CLASSES
+from model.errors import AlzAuditError
+from model.fileio import atomic_path, atomic_write_json
+from model.manifest import Manifest, load_dataset, write_manifest
+
+STATE_FILE = "state.json"
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str
+    backbone: str = "small"
+    weights: str | None = None
+    input_size: int = 128
+    batch_size: int = 32
+    epochs_phase1: int = 10
+    epochs_phase2: int = 20
+    lr_phase1: float = 1e-4
+    lr_phase2: float = 1e-5
+    patience: int = 5
+    class_weight: str | None = None      # None | "balanced"
+    phases: str = "auto"                 # "auto" | "1" | "2" | "1,2"
+    augment: bool = True
+    seed: int = 0
+    ratios: str = "0.7,0.15,0.15"
+    group: str = "subject"
+    plan: list = field(default_factory=list)
+    plan_reason: str = ""
+
+    def resolve_plan(self) -> None:
+        pretrained = self.weights not in (None, "none", "")
+        if self.phases == "auto":
+            self.plan = [1, 2] if pretrained else [2]
+            self.plan_reason = ("pretrained backbone: phase 1 trains the head on a frozen backbone, phase 2 "
+                                "fine-tunes with BatchNormalization frozen" if pretrained else
+                                "no pretrained weights: nothing to freeze for, phase 1 skipped and "
+                                "BatchNormalization trains normally")
+        else:
+            try:
+                self.plan = sorted({int(p) for p in self.phases.split(",")})
+            except ValueError:
+                self.plan = []
+            if not self.plan or any(p not in (1, 2) for p in self.plan):
+                raise AlzAuditError(f"--phases: '{self.phases}' (use auto, 1, 2 or 1,2)")
+            self.plan_reason = f"phases set by --phases {self.phases}"
+
+
+def environment() -> dict:
+    import keras
+    import tensorflow as tf
+
+    return {"python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
+            "numpy": np.__version__, "device": device_description()}
+
+
+def device_description() -> dict:
+    """Which device TensorFlow will use: CUDA GPU, Apple GPU (tensorflow-metal) or CPU."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        try:
+            details = tf.config.experimental.get_device_details(gpus[0])
+        except Exception:
+            details = {}
+        name = details.get("device_name") or gpus[0].name
+        kind = "mps" if platform.system() == "Darwin" else "gpu"
+        return {"kind": kind, "name": str(name), "count": len(gpus)}
+    return {"kind": "cpu", "name": platform.processor() or platform.machine(), "count": 1}
+
+
+def set_trainable(model, phase: int, pretrained: bool) -> None:
+    """Phase 1: only the head trains. Phase 2: everything, but BatchNorm stays in inference mode when
+    the backbone is pretrained (Keras runs a non-trainable BatchNormalization layer in inference mode,
+    which keeps fine-tuning from wrecking the pretrained statistics)."""
+    import keras
+
+    from model.network import backbone_layer
+
+    backbone = backbone_layer(model)
+    if backbone is None:
+        return
+    backbone.trainable = phase == 2
+    if phase == 2 and pretrained:
+        for layer in _walk(backbone):
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False
+
+
+def _walk(model):
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _walk(layer)
+
+
+def class_weights(labels: np.ndarray, mode: str | None) -> dict | None:
+    if mode in (None, "none"):
+        return None
+    if mode != "balanced":
+        raise AlzAuditError(f"--class-weight: '{mode}' (use balanced or none)")
+    from sklearn.utils.class_weight import compute_class_weight
+
+    present = np.unique(labels)
+    weights = compute_class_weight("balanced", classes=present, y=labels)
+    return {int(c): float(w) for c, w in zip(present, weights)}
+
+
+def prepare_split(config: TrainConfig, run_dir: Path) -> Manifest:
+    """The manifest this run trains on, split subject-aware when needed, saved into the run folder."""
+    saved = run_dir / "split_manifest.csv"
+    if saved.is_file():
+        from model.manifest import read_manifest
+
+        return read_manifest(saved)
+    manifest = load_dataset(config.data)
+    if not manifest.has_splits:
+        from model.splits import split_manifest
+
+        groups = None
+        if config.group == "pseudo":
+            from audit.leakage import pseudo_subjects
+
+            groups = pseudo_subjects(manifest)
+        manifest, _ = split_manifest(manifest, config.ratios, seed=config.seed, group=config.group, groups=groups)
+    present = {s.label for s in manifest.samples}
+    if len(present) < 2:
+        raise AlzAuditError(f"{config.data}: only one class present ({', '.join(present)}); cannot train a classifier")
+    for split in ("train", "val"):
+        if not any(s.split == split for s in manifest.samples):
+            raise AlzAuditError(f"{config.data}: the '{split}' split is empty; add data or change --ratios")
+    write_manifest(manifest, saved)
+    return manifest
+
+
+def train(config: TrainConfig, *, resume: bool = False, console=None) -> Path:
+    """Run the plan; returns the path of the final model (``model.keras`` in the run folder)."""
+    import keras
+
+    from model.network import build_classifier
+    from model.pipeline import load_slices, make_dataset
+
+    run_dir = Path(config.out)
+    state_path = run_dir / STATE_FILE
+    if resume:
+        if not state_path.is_file():
+            raise AlzAuditError(f"{run_dir}: nothing to resume (no {STATE_FILE}); start without --resume")
+        saved = json.loads((run_dir / "config.json").read_text())["config"]
+        config = TrainConfig(**{k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__})
+    elif state_path.is_file():
+        raise AlzAuditError(f"{run_dir}: a training run is already there; use --resume to continue it or "
+                            "choose another --out")
+    config.resolve_plan()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(config.seed)
+    env = environment()
+    say = console.print if console is not None else print
+    say(f"device: {env['device']['kind']} ({env['device']['name']}); TensorFlow {env['tensorflow']}, Keras {env['keras']}")
+    say(f"plan: phase(s) {', '.join(map(str, config.plan))} — {config.plan_reason}")
+    if not resume:
+        atomic_write_json(run_dir / "config.json", {"config": asdict(config), "environment": env,
+                                                    "classes": list(CLASSES), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    manifest = prepare_split(config, run_dir)
+    size = (config.input_size, config.input_size)
+    train_m, val_m = manifest.split("train"), manifest.split("val")
+    x_train = load_slices(train_m.samples, size, progress=True, description="loading train slices")
+    y_train = np.array(train_m.label_indices())
+    x_val = load_slices(val_m.samples, size, progress=True, description="loading val slices")
+    y_val = np.array(val_m.label_indices())
+    train_ds = make_dataset(x_train, y_train, batch_size=config.batch_size, training=True,
+                            augment=config.augment, seed=config.seed)
+    val_ds = make_dataset(x_val, y_val, batch_size=config.batch_size)
+    weights = class_weights(y_train, config.class_weight)
+
+    state = json.loads(state_path.read_text()) if state_path.is_file() else {"completed": [], "current": None}
+    pretrained = config.weights not in (None, "none", "")
+    model = None
+    for phase in config.plan:
+        if phase in state["completed"]:
+            model = keras.models.load_model(run_dir / f"phase{phase}_model.keras", safe_mode=True)
+            continue
+        model = _run_phase(phase, config, run_dir, state, model, pretrained, train_ds, val_ds, weights,
+                           len(x_train), console)
+    final = run_dir / "model.keras"
+    with atomic_path(final, suffix=".keras") as tmp:
+        model.save(tmp)
+    _plot_curves(run_dir, config.plan)
+    say(f"final model: {final}")
+    return final
+
+
+def _run_phase(phase, config, run_dir, state, model, pretrained, train_ds, val_ds, weights, n_train, console):
+    import keras
+
+    from model.network import build_classifier
+    from model.train_callbacks import PhaseCheckpoint, RichProgress
+
+    lr = config.lr_phase1 if phase == 1 else config.lr_phase2
+    epochs = config.epochs_phase1 if phase == 1 else config.epochs_phase2
+    ckpt = run_dir / "checkpoints"
+    last = ckpt / f"phase{phase}_last.keras"
+    resumed = state.get("current") == phase and last.is_file()
+    if resumed:
+        model = keras.models.load_model(last, safe_mode=True)  # weights and optimizer state
+        set_trainable(model, phase, pretrained)
+        phase_state = state["phase_state"]
+    else:
+        if model is None:
+            model = build_classifier(config.backbone, config.weights, config.input_size, seed=config.seed)
+        set_trainable(model, phase, pretrained)
+        model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy",
+                      metrics=["accuracy"])
+        phase_state = {"epoch": -1, "best": None, "best_epoch": None, "wait": 0}
+        state.update(current=phase, phase_state=phase_state)
+    if resumed:
+        # Re-compile only if load_model gave us no optimizer (e.g. a checkpoint saved uncompiled).
+        if model.optimizer is None:
+            model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy",
+                          metrics=["accuracy"])
+    start = phase_state["epoch"] + 1
+    checkpoint = PhaseCheckpoint(run_dir, phase, state, patience=config.patience)
+    progress = RichProgress(phase, epochs, start, console=console)
+    if start < epochs and not checkpoint.should_stop_already():
+        model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=start, verbose=0, shuffle=False,
+                  class_weight=weights,
+                  callbacks=[keras.callbacks.CSVLogger(str(run_dir / f"phase{phase}_log.csv"), append=start > 0),
+                             checkpoint, progress])
+    checkpoint.restore_best(model)
+    with atomic_path(run_dir / f"phase{phase}_model.keras", suffix=".keras") as tmp:
+        model.save(tmp)
+    state["completed"].append(phase)
+    state["current"] = None
+    atomic_write_json(run_dir / STATE_FILE, state)
+    return model
+
+
+def _plot_curves(run_dir: Path, plan: list[int]) -> Path | None:
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    logs = []
+    offset = 0
+    for phase in plan:
+        path = run_dir / f"phase{phase}_log.csv"
+        if not path.is_file():
+            continue
+        rows = list(csv.DictReader(path.open()))
+        for row in rows:
+            logs.append((offset + int(row["epoch"]) + 1, phase, row))
+        offset += len(rows)
+    if not logs:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    epochs = [e for e, _, _ in logs]
+    for ax, key in zip(axes, ("loss", "accuracy")):
+        ax.plot(epochs, [float(r[key]) for _, _, r in logs], label=f"train {key}")
+        ax.plot(epochs, [float(r[f"val_{key}"]) for _, _, r in logs], label=f"val {key}")
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if len(plan) == 2:
+        boundary = sum(1 for _, p, _ in logs if p == 1) + 0.5
+        for ax in axes:
+            ax.axvline(boundary, color="grey", ls="--", lw=1)
+    fig.tight_layout()
+    out = run_dir / "training_curves.png"
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return out
