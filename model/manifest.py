@@ -194,6 +194,8 @@ def read_manifest(path: str | os.PathLike, *, check_files: bool = True) -> Manif
             raise AlzAuditError(f"{path}:{line}: unknown split '{split}' (use train, val or test)")
         mask = (row.get("mask_path") or "").strip()
         extra = {k: v for k, v in row.items() if k not in CORE_COLUMNS and k is not None and v not in (None, "")}
+        for key in [k for k in extra if k.endswith("_path")]:  # other file columns, e.g. brain_mask_path
+            extra[key] = str(_resolve(extra[key], base))
         samples.append(Sample(
             path=image, label=label, subject_id=(row.get("subject_id") or "").strip() or None,
             split=_SPLIT_ALIASES[split] if split else None,

@@ -1,0 +1,65 @@
+"""What each check means and where it comes from: titles, groups, explanations and citations."""
+from __future__ import annotations
+
+YAGIS = "Yagis et al. 2021, Sci. Rep. 11:22544"
+WEN = "Wen et al. 2020, Medical Image Analysis 63:101694"
+SELVARAJU = "Selvaraju et al. 2017, ICCV (arXiv 1610.02391)"
+SUNDARARAJAN = "Sundararajan et al. 2017, ICML (arXiv 1703.01365)"
+ADEBAYO = "Adebayo et al. 2018, NeurIPS (arXiv 1810.03292)"
+PETSIUK = "Petsiuk et al. 2018, BMVC (arXiv 1806.07421)"
+ARUN = "Arun et al. 2021, Radiology: AI (arXiv 2008.02766)"
+WANG = "Wang et al. 2020, CVPR-W (arXiv 1910.01279)"
+GUO = "Guo et al. 2017, ICML (arXiv 1706.04599)"
+
+# id -> (title, group, meaning, cites). Per-sigma and per-device ids share their stem's entry.
+CATALOG: dict[str, tuple[str, str, str, list[str]]] = {
+    "performance.accuracy": ("Accuracy", "performance", "share of slices classified correctly", [WEN]),
+    "performance.balanced_accuracy": ("Balanced accuracy", "performance",
+                                      "mean recall over classes; not flattered by the majority class", [WEN]),
+    "performance.macro_f1": ("Macro-F1", "performance", "unweighted mean F1 over the classes present", [WEN]),
+    "performance.per_class_recall": ("Worst per-class recall", "performance",
+                                     "lowest recall among classes with at least 5 test subjects", [WEN]),
+    "performance.ece": ("Expected calibration error", "performance",
+                        "gap between confidence and accuracy (15 bins); high = over/under-confident", [GUO]),
+    "data.leakage_rate": ("Near-duplicate leakage", "data",
+                          "share of val/test images with a near-duplicate twin in train: inflates accuracy",
+                          [YAGIS, WEN]),
+    "data.subject_overlap": ("Subjects across splits", "data",
+                             "subjects with slices in more than one split: a slice-level leak", [YAGIS, WEN]),
+    "data.class_coverage": ("Class coverage", "data", "stages present in the evaluated split", [WEN]),
+    "data.unreadable_fraction": ("Unreadable files", "data", "share of files skipped as corrupt or not images", []),
+    "explanations.agreement_spearman": ("Grad-CAM / IG agreement", "explanations",
+                                        "mean Spearman correlation of the two maps on a 28x28 grid; low = the "
+                                        "methods disagree on the evidence", [SELVARAJU, SUNDARARAJAN]),
+    "explanations.faithfulness_deletion_gain": ("Faithfulness (deletion gain)", "explanations",
+                                                "how much faster the class probability drops when pixels are "
+                                                "removed in Grad-CAM order than in random order", [PETSIUK]),
+    "explanations.randomization_max_similarity": ("Randomization sanity check", "explanations",
+                                                  "highest similarity of maps after re-initialising the model: "
+                                                  "high = the maps do not depend on what the model learned",
+                                                  [ADEBAYO]),
+    "explanations.ig_completeness_error": ("IG convergence", "explanations",
+                                           "median relative completeness error of Integrated Gradients",
+                                           [SUNDARARAJAN]),
+    "explanations.localization_energy": ("Localization (energy pointing game)", "explanations",
+                                         "share of Grad-CAM mass inside the ground-truth atrophy masks", [WANG, ARUN]),
+    "explanations.localization_auprc": ("Localization (AUPRC)", "explanations",
+                                        "precision-recall of the map against the masks", [ARUN]),
+    "explanations.outside_brain_mass": ("Map mass outside the brain", "explanations",
+                                         "share of Grad-CAM mass outside the brain: a shortcut signal", [ARUN]),
+    "stability.ssim": ("Stability under noise (SSIM)", "stability",
+                       "mean SSIM between Grad-CAM maps of clean and noisy copies", [ARUN]),
+    "stability.max_flip_rate": ("Prediction flips under noise", "stability",
+                                "share of predictions changed by the noise (worst noise level)", [ARUN]),
+    "throughput.inference": ("Inference throughput", "throughput", "images per second at batch 32", []),
+    "throughput.gradcam": ("Grad-CAM throughput", "throughput", "explained images per second at batch 32", []),
+}
+
+
+def describe(check_id: str) -> tuple[str, str, str, list[str]]:
+    """Catalog entry for an id, resolving ``stability.ssim.sigma_0_02`` / ``throughput.inference.cpu``."""
+    if check_id in CATALOG:
+        return CATALOG[check_id]
+    stem = ".".join(check_id.split(".")[:2])
+    title, group, meaning, cites = CATALOG[stem]
+    return f"{title} [{check_id.split('.', 2)[2]}]", group, meaning, cites

@@ -1,0 +1,247 @@
+"""The acceptance gate as a pytest plugin.
+
+    pytest suites/ --model M.keras --data D [--thresholds T.toml] [--audit-out DIR] [--split test]
+                   [--seed 0] [--device cpu|gpu|mps] [--input-scale 255|1] [--classes ORDER] [--unsafe-load]
+
+Session fixtures compute each expensive figure once (the runner also caches arrays on disk). Every
+check is recorded into ``DIR/audit.json`` at the end of the session — pass, fail, warn or error.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest
+
+from model.errors import AlzAuditError
+from suites.gate import Gate, write_audit
+
+GATE_KEY = pytest.StashKey[Gate]()
+RUN_KEY = pytest.StashKey[object]()
+STARTED_KEY = pytest.StashKey[str]()
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("alzaudit", "alzaudit acceptance gate")
+    group.addoption("--model", help="Keras model file (.keras / .h5) to gate")
+    group.addoption("--data", help="dataset folder or manifest.csv (split subject-aware when unsplit)")
+    group.addoption("--split", default="test", help="split to evaluate (default test)")
+    group.addoption("--thresholds", default=None, help="thresholds TOML (default suites/thresholds.toml)")
+    group.addoption("--audit-out", default="out/audit", help="folder for audit.json and its images")
+    group.addoption("--seed", type=int, default=0, help="seed for splits, samples and noise")
+    group.addoption("--device", choices=["auto", "cpu", "gpu", "mps"], default="auto",
+                    help="device kind whose throughput threshold applies (default: detected)")
+    group.addoption("--input-scale", type=float, default=255.0, help="model input range: 255 (raw) or 1")
+    group.addoption("--classes", default="canonical",
+                    help="model output order: canonical, alphabetical or a comma-separated list")
+    group.addoption("--unsafe-load", action="store_true", help="allow Lambda layers / custom code in the model")
+
+
+def _usage(message: str):
+    raise pytest.UsageError(" ".join(str(message).split()))
+
+
+def pytest_sessionstart(session):
+    """Validate options and load model, data and thresholds up front: one clear line on bad input."""
+    config = session.config
+    if config.option.collectonly or config.option.help:
+        return
+    opt = config.option
+    if not opt.model:
+        _usage("alzaudit gate: --model is required (a .keras file)")
+    if not opt.data:
+        _usage("alzaudit gate: --data is required (a dataset folder or manifest.csv)")
+    from audit.runner import AuditConfig, AuditRun
+    from model.contract import parse_classes
+    from suites.thresholds import load_thresholds
+
+    try:
+        thresholds = load_thresholds(opt.thresholds)
+        if opt.input_scale not in (1.0, 255.0):
+            raise AlzAuditError(f"--input-scale: {opt.input_scale:g} (use 255 or 1)")
+        audit_config = AuditConfig.from_settings(thresholds.settings, split=opt.split, seed=opt.seed,
+                                                 sigmas=tuple(thresholds.sigmas) or (0.02, 0.05))
+        run = AuditRun(opt.model, opt.data, opt.audit_out, audit_config, input_scale=opt.input_scale,
+                       classes=parse_classes(opt.classes), unsafe=opt.unsafe_load)
+        run.contract  # loads the model and checks outputs against classes
+        run.split     # indexes/splits the data and checks the split exists
+    except AlzAuditError as exc:
+        _usage(str(exc))
+    config.stash[GATE_KEY] = Gate(thresholds)
+    config.stash[RUN_KEY] = run
+    config.stash[STARTED_KEY] = _now()
+
+
+def pytest_generate_tests(metafunc):
+    if "sigma" in metafunc.fixturenames:
+        from suites.thresholds import load_thresholds
+
+        try:
+            sigmas = load_thresholds(metafunc.config.option.thresholds).sigmas
+        except AlzAuditError:
+            sigmas = []
+        metafunc.parametrize("sigma", sigmas, ids=[f"sigma={s:g}" for s in sigmas])
+
+
+@pytest.fixture(scope="session")
+def gate(request) -> Gate:
+    return request.config.stash[GATE_KEY]
+
+
+@pytest.fixture(scope="session")
+def run(request):
+    return request.config.stash[RUN_KEY]
+
+
+@pytest.fixture(scope="session")
+def device_kind(request) -> str:
+    chosen = request.config.option.device
+    if chosen != "auto":
+        return chosen
+    from model.train import device_description
+
+    return device_description()["kind"]
+
+
+def _check_ids(item) -> list[str]:
+    ids = []
+    for marker in item.iter_markers("check"):
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        for template in marker.args:
+            fields = dict(params)
+            if "sigma" in fields:
+                from suites.thresholds import sigma_id
+
+                fields["sigma_id"] = sigma_id(fields["sigma"])
+            if "{device}" in template:
+                fields["device"] = item.config.option.device if item.config.option.device != "auto" else _device()
+            ids.append(template.format(**fields))
+    return ids
+
+
+_DEVICE = None
+
+
+def _device() -> str:
+    global _DEVICE
+    if _DEVICE is None:
+        from model.train import device_description
+
+        _DEVICE = device_description()["kind"]
+    return _DEVICE
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    gate = item.config.stash.get(GATE_KEY, None)
+    if gate is None or call.excinfo is None or call.when == "teardown":
+        return
+    if call.excinfo.errisinstance((pytest.fail.Exception, pytest.skip.Exception, AssertionError)):
+        return
+    message = f"{call.excinfo.typename}: {call.excinfo.value}"
+    for check_id in _check_ids(item):
+        gate.error(check_id, message)
+    if report.failed:
+        report.longrepr = f"ERROR in {item.name}: {' '.join(message.split())[:500]}"
+
+
+def pytest_sessionfinish(session, exitstatus):
+    config = session.config
+    gate = config.stash.get(GATE_KEY, None)
+    run = config.stash.get(RUN_KEY, None)
+    if gate is None or run is None:
+        return
+    from audit.runner import data_section, figures_section, gallery_section, heatmap_sample, model_section
+
+    sections: dict = {}
+    for name, build in (("model", lambda: model_section(run)), ("data", lambda: data_section(run)),
+                        ("figures", lambda: figures_section(run)), ("gallery", lambda: gallery_section(run)),
+                        ("heatmap_sample", lambda: heatmap_sample(run))):
+        try:
+            sections[name] = build()
+        except Exception as exc:  # the file is still written; the failure is named in it
+            run.errors[name] = f"{type(exc).__name__}: {exc}"
+            sections[name] = None
+    figures = sections.get("figures") or {}
+    throughput = config.stash.get(THROUGHPUT_KEY, None)
+    if throughput:
+        figures["throughput"] = throughput
+    if figures.get("randomization") is not None:
+        status = gate.checks.get("explanations.randomization_max_similarity", {}).get("status")
+        figures["randomization"]["passed"] = None if status is None else status in ("PASS", "WARN")
+    sections["figures"] = figures
+    if sections["model"] is None:
+        sections["model"] = {"path": str(run.model_path), "sha256": None, "classes": list(run.classes)}
+    if sections["data"] is None:
+        sections["data"] = {"path": str(run.data), "split": run.config.split, "counts": {}}
+    sections["run"] = _run_section(config, run)
+    path = write_audit(Path(config.option.audit_out) / "audit.json", gate, sections)
+    try:
+        from audit.schema_io import validate_audit
+
+        validate_audit(__import__("json").loads(path.read_text()), source=str(path))
+    except AlzAuditError as exc:
+        sys.stderr.write(f"alzaudit gate: warning: {exc}\n")
+    verdict = gate.verdict()
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        counts = {s: sum(1 for c in gate.checks.values() if c["status"] == s) for s in ("PASS", "WARN", "FAIL", "ERROR")}
+        reporter.write_sep("=", f"alzaudit gate: {verdict} ({', '.join(f'{v} {k}' for k, v in counts.items())}) "
+                                f"— {path}", red=verdict == "FAIL", green=verdict == "PASS")
+
+
+THROUGHPUT_KEY = pytest.StashKey[dict]()
+
+
+def _run_section(config, run) -> dict:
+    import keras
+    import tensorflow as tf
+
+    from model.train import device_description
+
+    try:
+        from importlib.metadata import version
+
+        own = version("alzaudit")
+    except Exception:
+        own = None
+    device = device_description()
+    return {"started": config.stash.get(STARTED_KEY, _now()), "finished": _now(), "seed": config.option.seed,
+            "device": {"kind": device["kind"], "name": device["name"]},
+            "versions": {"python": platform.python_version(), "tensorflow": tf.__version__,
+                         "keras": keras.__version__, "alzaudit": own},
+            "git_commit": _git_commit(), "thresholds_file": str(run_thresholds_path(config)),
+            "command": " ".join(["pytest", *sys.argv[1:]]) if sys.argv else None,
+            "timings": {k: round(v, 3) for k, v in run.timings.items()}, "errors": run.errors}
+
+
+def run_thresholds_path(config) -> Path:
+    from suites import DEFAULT_THRESHOLDS
+
+    return Path(config.option.thresholds) if config.option.thresholds else DEFAULT_THRESHOLDS
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _now() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "check(id): the audit.json check id(s) this test decides")

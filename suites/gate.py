@@ -1,0 +1,78 @@
+"""Verdicts: compare a figure with its rule, record the check, and assemble audit.json."""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from suites.catalog import describe
+from suites.thresholds import Thresholds
+
+STATUS_ORDER = {"ERROR": 0, "FAIL": 1, "WARN": 2, "PASS": 3}
+
+
+class GateWarning(UserWarning):
+    """A check with severity "warn" missed its threshold."""
+
+
+@dataclass
+class Gate:
+    thresholds: Thresholds
+    checks: dict[str, dict] = field(default_factory=dict)
+
+    def check(self, check_id: str, value, *, detail: str = "") -> None:
+        """Record a verdict for ``value``; fail the calling test when a fail-severity rule is missed."""
+        title, group, meaning, cites = describe(check_id)
+        rule = self.thresholds.rule(check_id)
+        if rule is None:
+            pytest.skip(f"{check_id}: no threshold configured")
+        number = None if value is None else float(value)
+        if number is None or math.isnan(number):
+            self._record(check_id, title, group, None, rule, "ERROR",
+                         f"{meaning}; the figure could not be computed{': ' + detail if detail else ''}", cites)
+            pytest.fail(f"{check_id}: figure not computed ({detail or 'no value'})", pytrace=False)
+        passed = rule.passes(number)
+        status = "PASS" if passed else ("WARN" if rule.severity == "warn" else "FAIL")
+        relation = ">=" if rule.direction == "min" else "<="
+        message = (f"{check_id} = {number:.4g}, needs {relation} {rule.threshold:g}: {meaning}"
+                   + (f" ({detail})" if detail else ""))
+        self._record(check_id, title, group, number, rule, status, message, cites)
+        if status == "WARN":
+            warnings.warn(GateWarning(message))
+        elif status == "FAIL":
+            pytest.fail(message, pytrace=False)
+
+    def error(self, check_id: str, message: str) -> None:
+        """A check whose computation crashed: ERROR, never silently missing."""
+        if check_id in self.checks:
+            return
+        title, group, meaning, cites = describe(check_id)
+        self._record(check_id, title, group, None, self.thresholds.rule(check_id), "ERROR",
+                     f"{meaning}; error: {' '.join(message.split())[:400]}", cites)
+
+    def _record(self, check_id, title, group, value, rule, status, message, cites) -> None:
+        self.checks[check_id] = {
+            "id": check_id, "title": title, "group": group, "value": value,
+            "threshold": rule.threshold if rule else None, "direction": rule.direction if rule else None,
+            "severity": rule.severity if rule else "fail", "status": status, "message": message,
+            "cites": list(cites)}
+
+    def verdict(self) -> str:
+        statuses = {c["status"] for c in self.checks.values()}
+        bad = {"FAIL", "ERROR"} | ({"WARN"} if self.thresholds.fail_on_warn else set())
+        return "FAIL" if (statuses & bad or not self.checks) else "PASS"
+
+    def ordered(self) -> list[dict]:
+        return sorted(self.checks.values(), key=lambda c: (STATUS_ORDER[c["status"]], c["id"]))
+
+
+def write_audit(path: Path, gate: Gate, sections: dict) -> Path:
+    """audit.json: verdict, checks (failures first) and every section the run produced."""
+    from model.fileio import atomic_write_json
+
+    document = {"schema_version": "1.0", "verdict": gate.verdict(), "fail_on_warn": gate.thresholds.fail_on_warn,
+                **sections, "checks": gate.ordered()}
+    return atomic_write_json(path, document)

@@ -1,0 +1,132 @@
+"""Load and validate the gate's TOML: a typo or a wrong type is an error, never a silently skipped check."""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from model.errors import AlzAuditError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DEVICE_KINDS = ("cpu", "gpu", "mps")
+# section -> key -> kind: "rule" (one {min|max}), "by_sigma", "by_device", or a Python type for settings.
+SCHEMA: dict[str, dict[str, object]] = {
+    "gate": {"fail_on_warn": bool},
+    "performance": {k: "rule" for k in ("accuracy", "balanced_accuracy", "macro_f1", "per_class_recall", "ece")},
+    "data": {k: "rule" for k in ("leakage_rate", "subject_overlap", "class_coverage", "unreadable_fraction")},
+    "explanations": {k: "rule" for k in ("agreement_spearman", "faithfulness_deletion_gain",
+                                         "randomization_max_similarity", "ig_completeness_error",
+                                         "localization_energy", "localization_auprc", "outside_brain_mass")},
+    "stability": {"ssim": "by_sigma", "max_flip_rate": "rule"},
+    "throughput": {"inference": "by_device", "gradcam": "by_device"},
+    "audit": {"gradcam_images": int, "ig_images": int, "ig_steps": int, "stability_images": int,
+              "stability_draws": int, "faithfulness_images": int, "faithfulness_steps": int,
+              "randomization_images": int, "gallery_per_class": int, "batch_size": int},
+}
+
+
+def sigma_id(sigma) -> str:
+    """Check-id segment of a noise level: 0.02 -> ``sigma_0_02``."""
+    return "sigma_" + f"{float(sigma):g}".replace(".", "_").replace("-", "m")
+
+
+@dataclass(frozen=True)
+class Rule:
+    threshold: float
+    direction: str      # "min" | "max"
+    severity: str       # "fail" | "warn"
+
+    def passes(self, value: float) -> bool:
+        return value >= self.threshold if self.direction == "min" else value <= self.threshold
+
+
+class Thresholds:
+    """The parsed file: rules by check id (``"performance.accuracy"``, ``"stability.ssim.sigma_0_02"``,
+    ``"throughput.inference.cpu"``) and the audit settings."""
+
+    def __init__(self, path: str | Path, raw: dict):
+        self.path = Path(path)
+        self.raw = raw
+        self.rules: dict[str, Rule] = {}
+        self.settings: dict = dict(raw.get("audit", {}))
+        self.fail_on_warn = bool(raw.get("gate", {}).get("fail_on_warn", False))
+        for section, keys in raw.items():
+            for key, value in keys.items():
+                kind = SCHEMA[section][key]
+                if kind == "rule":
+                    self.rules[f"{section}.{key}"] = self._rule(f"{section}.{key}", value)
+                elif kind == "by_sigma":
+                    for sigma, rule in value.items():
+                        self.rules[f"{section}.{key}.{sigma_id(sigma)}"] = self._rule(f"{section}.{key}.{sigma}", rule)
+                elif kind == "by_device":
+                    for device, rule in value.items():
+                        self.rules[f"{section}.{key}.{device}"] = self._rule(f"{section}.{key}.{device}", rule)
+
+    @property
+    def sigmas(self) -> list[float]:
+        return sorted(float(s) for s in self.raw.get("stability", {}).get("ssim", {}))
+
+    def rule(self, check_id: str) -> Rule | None:
+        return self.rules.get(check_id)
+
+    def _rule(self, where: str, value) -> Rule:
+        if not isinstance(value, dict):
+            raise AlzAuditError(f"{self.path}: '{where}' must be a table like {{ min = 0.8 }}, got {value!r}")
+        bounds = [k for k in ("min", "max") if k in value]
+        extra = set(value) - {"min", "max", "severity"}
+        if len(bounds) != 1 or extra:
+            raise AlzAuditError(f"{self.path}: '{where}' needs exactly one of min/max (and optionally severity), "
+                                f"got keys {', '.join(sorted(value))}")
+        threshold = value[bounds[0]]
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+            raise AlzAuditError(f"{self.path}: '{where}.{bounds[0]}' must be a number, got {threshold!r}")
+        severity = value.get("severity", "fail")
+        if severity not in ("fail", "warn"):
+            raise AlzAuditError(f"{self.path}: '{where}.severity' must be \"fail\" or \"warn\", got {severity!r}")
+        return Rule(float(threshold), bounds[0], severity)
+
+
+def load_thresholds(path: str | Path | None = None) -> Thresholds:
+    from suites import DEFAULT_THRESHOLDS
+
+    path = Path(path) if path else DEFAULT_THRESHOLDS
+    if not path.is_file():
+        raise AlzAuditError(f"{path}: thresholds file not found")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise AlzAuditError(f"{path}: not valid TOML ({exc})") from None
+    for section, keys in raw.items():
+        if section not in SCHEMA:
+            raise AlzAuditError(f"{path}: unknown section [{section}] (known: {', '.join(SCHEMA)})")
+        if not isinstance(keys, dict):
+            raise AlzAuditError(f"{path}: '{section}' must be a table")
+        for key, value in keys.items():
+            if key not in SCHEMA[section]:
+                raise AlzAuditError(f"{path}: unknown key '{section}.{key}' "
+                                    f"(known in [{section}]: {', '.join(SCHEMA[section])})")
+            kind = SCHEMA[section][key]
+            if isinstance(kind, type):
+                if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                    raise AlzAuditError(f"{path}: '{section}.{key}' must be {kind.__name__}, got {value!r}")
+                if kind is int and value < 0:
+                    raise AlzAuditError(f"{path}: '{section}.{key}' must be >= 0, got {value}")
+            elif kind == "by_sigma":
+                if not isinstance(value, dict):
+                    raise AlzAuditError(f"{path}: '{section}.{key}' must map noise levels to rules")
+                for sigma in value:
+                    try:
+                        ok = 0.0 <= float(sigma) <= 1.0
+                    except ValueError:
+                        ok = False
+                    if not ok:
+                        raise AlzAuditError(f"{path}: '{section}.{key}': noise level '{sigma}' must be a number in [0, 1]")
+            elif kind == "by_device":
+                if not isinstance(value, dict) or set(value) - set(DEVICE_KINDS):
+                    raise AlzAuditError(f"{path}: '{section}.{key}' must map device kinds "
+                                        f"({', '.join(DEVICE_KINDS)}) to rules")
+    return Thresholds(path, raw)
