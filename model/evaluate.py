@@ -127,6 +127,7 @@ def bootstrap_ci(y_true: np.ndarray, probs: np.ndarray, subjects: list[str | Non
     import warnings
 
     warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+    warnings.filterwarnings("ignore", message="A single label was found")
     for _ in range(n_resamples):
         picks = rng.integers(0, len(clusters), len(clusters))
         idx = np.concatenate([clusters[p] for p in picks])

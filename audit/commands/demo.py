@@ -1,0 +1,87 @@
+"""``alzaudit demo``: the whole product on the embedded synthetic cohort, end to end.
+
+synthesise -> split subject-aware -> train the small backbone -> evaluate -> gate -> HTML/PDF report.
+Each step reuses what an earlier run left in --out, so an interrupted demo continues where it stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+DEMO_SUBJECTS = 100
+DEMO_SLICES = 8
+DEMO_INPUT = 128
+DEMO_EPOCHS = 15
+
+
+def register(top, data) -> None:
+    p = top.add_parser("demo", help="synthetic cohort -> training -> audit -> PDF report, in one go")
+    p.add_argument("--out", default="out/demo")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--subjects", type=int, default=DEMO_SUBJECTS)
+    p.add_argument("--slices-per-subject", type=int, default=DEMO_SLICES)
+    p.add_argument("--epochs", type=int, default=DEMO_EPOCHS)
+    p.add_argument("--input-size", type=int, default=DEMO_INPUT)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    console = Console()
+    out = Path(args.out)
+    data_dir, run_dir, audit_dir = out / "data", out / "run", out / "audit"
+
+    console.rule("1/5 synthetic cohort")
+    manifest_csv = data_dir / "manifest.csv"
+    if manifest_csv.is_file():
+        console.print(f"reusing {manifest_csv}")
+    else:
+        from model.synth import synthesize_cohort
+
+        synthesize_cohort(data_dir, subjects=args.subjects, slices_per_subject=args.slices_per_subject,
+                          seed=args.seed)
+
+    console.rule("2/5 subject-level split")
+    from model.manifest import load_dataset, write_manifest
+    from model.splits import split_manifest
+    from model.summary import print_summary
+
+    split_csv = data_dir / "split_manifest.csv"
+    if not split_csv.is_file():
+        split, report = split_manifest(load_dataset(manifest_csv), seed=args.seed)
+        write_manifest(split, split_csv)
+        print_summary(split, split_report=report)
+    else:
+        print_summary(load_dataset(split_csv))
+
+    console.rule("3/5 training (small backbone, CPU-friendly)")
+    from model.train import STATE_FILE, TrainConfig, train
+
+    model_path = run_dir / "model.keras"
+    if model_path.is_file():
+        console.print(f"reusing {model_path}")
+    else:
+        config = TrainConfig(data=str(split_csv), out=str(run_dir), backbone="small", weights=None,
+                             input_size=args.input_size, epochs_phase2=args.epochs, lr_phase2=1e-3,
+                             patience=5, seed=args.seed)
+        train(config, resume=(run_dir / STATE_FILE).is_file(), console=console)
+
+    console.rule("4/5 evaluation")
+    from model.evaluate_run import evaluate_model, print_report
+
+    print_report(evaluate_model(model_path, split_csv, out_dir=run_dir / "eval_test", seed=args.seed), console)
+
+    console.rule("5/5 acceptance gate and report")
+    from audit.commands.audit import run_gate
+    from reports import render_report
+
+    verdict = run_gate(str(model_path), str(split_csv), str(audit_dir), seed=args.seed)
+    written = render_report(audit_dir / "audit.json", audit_dir)
+    checks = json.loads((audit_dir / "audit.json").read_text())["checks"]
+    failing = [c["id"] for c in checks if c["status"] in ("FAIL", "ERROR")]
+    console.print(f"[bold]verdict: {verdict}[/]" + (f" (failing: {', '.join(failing)})" if failing else ""))
+    for kind, path in written.items():
+        console.print(f"{kind}: {path}")
+    return 0
