@@ -1,0 +1,444 @@
+"""Proof tests of the explanation-quality metrics (audit/quality/), with tiny models and test-local explainers."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy.ndimage import sobel
+
+from audit.quality import (MetricResult, agreement, cascading_randomization, convergence, faithfulness,
+                           independent_randomization, localization, passes_sanity, stability, to_jsonable)
+from audit.quality.agreement import to_grid, top_region
+from audit.quality.base import normalize_maps, spearman_rows, ssim_pairs
+from audit.quality.randomization import randomization_groups
+from model.errors import AlzAuditError
+
+SIZE = 32
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+def _all_finite(obj) -> bool:
+    """Every MetricResult / array / number inside ``obj`` is finite, and the JSON form has no NaN."""
+    json.dumps(to_jsonable(obj), allow_nan=False)
+    if isinstance(obj, MetricResult):
+        return bool(np.isfinite(obj.per_sample).all())
+    if isinstance(obj, dict):
+        return all(_all_finite(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return all(_all_finite(v) for v in obj)
+    if isinstance(obj, np.ndarray) and obj.dtype.kind == "f":
+        return bool(np.isfinite(obj).all())
+    if isinstance(obj, float):
+        return bool(np.isfinite(obj))
+    return True
+
+
+def _blob_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Noise images with a bright square top-left (class 0) or bottom-right (class 1)."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, 60, (n, SIZE, SIZE, 1)).astype(np.float32)
+    y = np.arange(n) % 2
+    for i in range(n):
+        r, c = (rng.integers(2, 8), rng.integers(2, 8)) if y[i] == 0 else \
+            (rng.integers(18, 24), rng.integers(18, 24))
+        x[i, r:r + 8, c:c + 8] = rng.uniform(180, 255)
+    return x, y
+
+
+def grad_explainer(model, images, targets=None, *, batch_size=32):
+    """|d score_target / d input|, batched: a minimal gradient explainer owned by these tests."""
+    import tensorflow as tf
+
+    images = np.asarray(images, np.float32)
+    out = []
+    for s in range(0, len(images), batch_size):
+        xb = tf.convert_to_tensor(images[s:s + batch_size])
+        with tf.GradientTape() as tape:
+            tape.watch(xb)
+            p = model(xb, training=False)
+            t = tf.argmax(p, axis=1) if targets is None else tf.constant(np.asarray(targets)[s:s + batch_size])
+            score = tf.gather(p, tf.cast(t, tf.int32), axis=1, batch_dims=1)
+        out.append(np.abs(tape.gradient(score, xb).numpy()[..., 0]))
+    return np.concatenate(out).astype(np.float32)
+
+
+def grad_x_input_explainer(model, images, targets=None, *, batch_size=32):
+    return grad_explainer(model, images, targets, batch_size=batch_size) * np.asarray(images)[..., 0]
+
+
+def sobel_explainer(model, images, targets=None, *, batch_size=32):
+    """Model-independent edge map: the kind of 'explanation' the sanity check must catch."""
+    x = np.asarray(images, np.float32)[..., 0]
+    return np.hypot(sobel(x, axis=1), sobel(x, axis=2)).astype(np.float32)
+
+
+def random_explainer(model, images, targets=None, *, batch_size=32):
+    return np.random.default_rng(len(images)).random(np.asarray(images).shape[:3]).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module")
+def keras():
+    import keras as k
+    k.utils.set_random_seed(0)
+    return k
+
+
+@pytest.fixture(scope="module")
+def data():
+    return _blob_images(64, seed=1)
+
+
+@pytest.fixture(scope="module")
+def trained(keras, data):
+    """A small flat functional CNN trained a few epochs to tell the two blob positions apart."""
+    L = keras.layers
+    inp = keras.Input((SIZE, SIZE, 1))
+    x = L.Rescaling(1 / 255.0)(inp)
+    x = L.Conv2D(8, 3, padding="same", activation="relu", name="conv_a")(x)
+    x = L.MaxPooling2D()(x)
+    x = L.Conv2D(16, 3, padding="same", name="conv_b")(x)
+    x = L.BatchNormalization(name="bn_b")(x)
+    x = L.Activation("relu")(x)
+    x = L.MaxPooling2D()(x)
+    x = L.Flatten()(x)
+    out = L.Dense(2, activation="softmax", name="head")(x)
+    model = keras.Model(inp, out)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    xs, ys = _blob_images(256, seed=2)
+    model.fit(xs, ys, epochs=6, batch_size=32, verbose=0)
+    x_test, y_test = data
+    assert (model.predict(x_test, verbose=0).argmax(1) == y_test).mean() > 0.9
+    return model
+
+
+@pytest.fixture(scope="module")
+def constant_model(keras):
+    """Ignores its input: the output is a function of a zeroed tensor only."""
+    L = keras.layers
+    inp = keras.Input((SIZE, SIZE, 1))
+    x = L.Lambda(lambda t: t * 0.0)(inp)
+    x = L.GlobalAveragePooling2D()(x)
+    out = L.Dense(2, activation="softmax", bias_initializer=keras.initializers.Constant([0.3, -0.3]))(x)
+    return keras.Model(inp, out)
+
+
+# -------------------------------------------------------------------------------------------- base
+
+def test_metric_result_summary_and_json_have_no_nan():
+    r = MetricResult("m", np.array([1.0, np.nan, 3.0, 2.0]), True, ["paper"])
+    assert r.summary["n"] == 3 and r.summary["mean"] == pytest.approx(2.0) and r.summary["median"] == 2.0
+    d = r.to_dict()
+    assert d["per_sample"][1] is None and d["higher_is_better"] is True and d["cites"] == ["paper"]
+    json.dumps(d, allow_nan=False)
+    empty = MetricResult("e", np.array([np.nan]), False, []).to_dict()
+    assert empty["summary"] == {"mean": None, "median": None, "p5": None, "p95": None, "n": 0}
+
+
+def test_normalize_constant_map_is_zero_and_ssim_of_zero_maps_is_one():
+    maps = np.stack([np.full((16, 16), 7.0), np.zeros((16, 16)), np.arange(256.0).reshape(16, 16)])
+    norm = normalize_maps(maps)
+    assert np.all(norm[:2] == 0) and norm[2].min() == 0 and norm[2].max() == 1
+    assert ssim_pairs(norm[:1], norm[1:2])[0] == pytest.approx(1.0)
+    assert spearman_rows(norm[:1], norm[1:2])[0] == 1.0 and spearman_rows(norm[:1], norm[2:])[0] == 0.0
+
+
+# -------------------------------------------------------------------------------------------- agreement
+
+def test_agreement_with_itself_is_one():
+    maps = np.random.default_rng(0).random((8, 64, 64)).astype(np.float32)
+    res = agreement(maps, maps)
+    assert set(res) == {"spearman", "iou_top20", "ssim"}
+    for r in res.values():
+        assert np.allclose(r.per_sample, 1.0) and r.higher_is_better and r.cites
+
+
+def test_agreement_with_unrelated_maps_is_chance():
+    rng = np.random.default_rng(1)
+    a, b = rng.random((64, 64, 64)), rng.random((64, 64, 64))
+    res = agreement(a, b)
+    assert abs(res["spearman"].mean) < 0.05
+    assert abs(res["ssim"].mean) < 0.05
+    assert res["iou_top20"].mean == pytest.approx(0.2 / 1.8, abs=0.03)  # chance level f/(2-f)
+    assert res["spearman"].summary["p5"] < res["spearman"].summary["median"]
+
+
+def test_agreement_grid_and_top_region():
+    maps = np.zeros((2, 56, 56), np.float32)
+    maps[0, :28, :28] = 1.0
+    grid = to_grid(maps, grid=28, sigma=0.0)
+    assert grid.shape == (2, 28, 28) and grid[0, :14, :14].min() == 1.0 and grid[0, 14:, 14:].max() == 0
+    region = top_region(grid, 0.2)
+    assert region[0].sum() == 14 * 14  # ties at the floor are not added to the top region
+    assert region[1].sum() == 0  # a constant map has no top region
+    assert agreement(maps, maps, top_fraction=0.1).keys() == {"spearman", "iou_top10", "ssim"}
+
+    class Result:  # an explainer result object (like IG's) is read through its .heatmaps
+        heatmaps = maps
+    assert np.allclose(agreement(Result(), maps)["ssim"].per_sample, 1.0)
+
+
+def test_agreement_of_constant_and_zero_maps_is_finite():
+    zeros = np.zeros((3, 32, 32), np.float32)
+    const = np.full((3, 32, 32), 5.0, np.float32)
+    rand = np.random.default_rng(2).random((3, 32, 32)).astype(np.float32)
+    for a, b in [(zeros, zeros), (zeros, rand), (const, rand), (const, zeros)]:
+        assert _all_finite(agreement(a, b))
+    same = agreement(zeros, const)
+    assert all(np.allclose(r.per_sample, 1.0) for r in same.values())
+
+
+# -------------------------------------------------------------------------------------------- stability
+
+def test_stability_sigma_zero_is_perfectly_stable(trained, data):
+    x = data[0][:8]
+    calls = []
+
+    def counting(model, images, targets=None, *, batch_size=32):
+        calls.append(len(images))
+        return grad_explainer(model, images, targets)
+
+    res = stability(trained, counting, x, sigmas=(0.0, 0.05), draws=3)
+    assert calls == [8, 2 * 3 * 8]  # the clean maps, then every noisy copy in one call
+    assert np.allclose(res["ssim"]["0"].per_sample, 1.0, atol=1e-6)
+    assert np.all(res["flip_rate"]["0"].per_sample == 0)
+    assert res["ssim"]["0.05"].mean < 1.0 and not res["flip_rate"]["0.05"].higher_is_better
+    ex = res["examples"]["0.05"]
+    assert ex["image"].shape == ex["noisy_map"].shape == (SIZE, SIZE)
+    assert ex["noisy_image"].min() >= 0 and ex["noisy_image"].max() <= 255
+    assert not np.array_equal(ex["image"], ex["noisy_image"])
+    assert _all_finite({k: res[k] for k in ("ssim", "flip_rate")})
+
+
+def test_stability_of_a_model_that_ignores_its_input_is_one(constant_model, data):
+    x = data[0][:6]
+    maps = grad_x_input_explainer(constant_model, x)
+    assert np.all(maps == 0)
+    res = stability(constant_model, grad_x_input_explainer, x, sigmas=(0.02, 0.05), draws=2)
+    for key in ("0.02", "0.05"):
+        assert np.all(res["ssim"][key].per_sample == 1.0)
+        assert np.all(res["flip_rate"][key].per_sample == 0.0)
+    assert _all_finite({k: res[k] for k in ("ssim", "flip_rate")})
+
+
+def test_stability_detects_an_unstable_explainer(trained, data):
+    res = stability(trained, random_explainer, data[0][:6], sigmas=(0.02,), draws=2, clean_maps=None)
+    assert res["ssim"]["0.02"].mean < 0.3
+
+
+def test_stability_counts_prediction_flips():
+    """A decision on a knife edge (mean intensity vs. 127.5) flips under noise; the map here cannot change."""
+    x = np.full((10, SIZE, SIZE, 1), 127.5, np.float32)
+    x[:, 0, 0, 0] += np.linspace(-0.3, 0.3, 10)
+
+    def predict(batch):
+        p = (np.asarray(batch).mean(axis=(1, 2, 3)) > 127.5).astype(np.float32)
+        return np.stack([1 - p, p], axis=1)
+
+    res = stability(None, sobel_explainer, x, sigmas=(0.0, 0.05), draws=4, predict_fn=predict)
+    assert res["flip_rate"]["0"].mean == 0.0
+    assert 0.2 < res["flip_rate"]["0.05"].mean < 0.8
+    again = stability(None, sobel_explainer, x, sigmas=(0.0, 0.05), draws=4, predict_fn=predict)
+    assert np.array_equal(again["ssim"]["0.05"].per_sample, res["ssim"]["0.05"].per_sample)  # seeded
+
+
+# ---------------------------------------------------------------------------------------- faithfulness
+
+REGION = (slice(4, 12), slice(4, 12))
+
+
+def region_model(images: np.ndarray) -> np.ndarray:
+    """Class-1 probability rises with the mean brightness of one known 8x8 region, and nothing else."""
+    mean = np.asarray(images)[:, REGION[0], REGION[1], 0].mean(axis=(1, 2)) / 255.0
+    p = 1.0 / (1.0 + np.exp(-20.0 * (mean - 0.5)))
+    return np.stack([1 - p, p], axis=1)
+
+
+@pytest.fixture(scope="module")
+def region_data():
+    rng = np.random.default_rng(3)
+    x = rng.uniform(0, 40, (6, SIZE, SIZE, 1)).astype(np.float32)
+    x[:, REGION[0], REGION[1]] = 250.0
+    right = np.zeros((6, SIZE, SIZE), np.float32)
+    right[:, REGION[0], REGION[1]] = 1.0
+    wrong = np.zeros((6, SIZE, SIZE), np.float32)
+    wrong[:, 20:28, 20:28] = 1.0
+    return x, right, wrong, np.ones(6, dtype=int)
+
+
+def test_faithfulness_rewards_the_right_region(region_data):
+    x, right, wrong, targets = region_data
+    seen = []
+
+    def predict(batch):
+        seen.append(len(batch))
+        return region_model(batch)
+
+    good = faithfulness(predict, x, right, targets, steps=16, blur_sigma=6.0, batch_size=40)
+    assert max(seen) <= 40 and sum(seen) == 6 * 4 * 17  # every step, heat + random, del + ins
+    assert good["deletion_gain"].mean > 0.1 and good["insertion_gain"].mean > 0.1
+    assert good["deletion_auc"].mean < good["deletion_auc_random"].mean
+    bad = faithfulness(region_model, x, wrong, targets, steps=16, blur_sigma=6.0)
+    assert bad["deletion_gain"].mean <= 0.02 and bad["insertion_gain"].mean <= 0.02
+    curves = good["curves"]
+    assert len(curves["fraction"]) == 17 and curves["fraction"][0] == 0 and curves["fraction"][-1] == 1
+    assert curves["deletion"][0] == pytest.approx(curves["insertion"][-1])  # both are the untouched image
+    assert good["deletion_gain"].higher_is_better and not good["deletion_auc"].higher_is_better
+
+
+def test_faithfulness_of_constant_map_is_finite_and_near_random(region_data):
+    x, _, _, targets = region_data
+    res = faithfulness(region_model, x, np.zeros(x.shape[:3]), targets, steps=10, blur_sigma=6.0)
+    assert _all_finite(res)
+    assert abs(res["deletion_gain"].mean) < 0.15 and abs(res["insertion_gain"].mean) < 0.15
+
+
+# --------------------------------------------------------------------------------------- randomization
+
+def test_randomization_of_a_trained_model_changes_gradient_maps(trained, data):
+    x, y = data[0][:12], data[1][:12]
+    before = [w.copy() for w in trained.get_weights()]
+    res = cascading_randomization(trained, grad_explainer, x, y)
+    after = trained.get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(before, after))  # the caller's model is untouched
+    assert res["cloned"] and res["order"] == ["head", "conv_b", "conv_a"]
+    assert res["stages"]["conv_b"]["layers"] == ["bn_b", "conv_b"]  # a conv and its batch norm together
+    for stage in res["stages"].values():
+        assert not stage["spearman"].higher_is_better and stage["spearman"].cites
+    assert res["max_similarity"]["spearman"] < 0.5
+    assert passes_sanity(res, max_similarity=0.5)
+    again = cascading_randomization(trained, grad_explainer, x, y, n_stages=2)
+    assert np.allclose(again["stages"]["head"]["spearman"].per_sample, res["stages"]["head"]["spearman"].per_sample)
+    assert _all_finite({k: res[k] for k in ("stages", "max_similarity", "final_similarity")})
+
+
+def test_model_independent_edge_map_fails_the_sanity_check(trained, data):
+    x, y = data[0][:8], data[1][:8]
+    res = cascading_randomization(trained, sobel_explainer, x, y, n_stages=2)
+    assert len(res["order"]) == 2 and res["order"][-1] == "conv_a"  # the last stage re-initialises the rest
+    assert res["stages"]["conv_a"]["layers"] == ["bn_b", "conv_b", "conv_a"]
+    assert res["final_similarity"]["spearman"] > 0.99 and res["max_similarity"]["ssim"] > 0.99
+    assert not passes_sanity(res, max_similarity=0.5)
+    assert not passes_sanity(res, max_similarity=0.5, metric="ssim", which="final")
+
+
+def test_randomization_of_nested_backbone_and_sequential_models(keras, data):
+    L = keras.layers
+    x, y = data[0][:4], data[1][:4]
+    # A nested backbone with block-named layers, behind a weightless Lambda that Keras cannot re-create.
+    bb_in = keras.Input((SIZE, SIZE, 3))
+    h = bb_in
+    for block in (1, 2):
+        h = L.Conv2D(4, 3, padding="same", name=f"conv5_block{block}_1_conv")(h)
+        h = L.BatchNormalization(name=f"conv5_block{block}_1_bn")(h)
+        h = L.Activation("relu", name=f"conv5_block{block}_out")(h)
+    backbone = keras.Model(bb_in, h, name="backbone")
+    inp = keras.Input((SIZE, SIZE, 1))
+    z = L.Lambda(lambda t: keras.ops.repeat(t / 255.0, 3, axis=-1))(inp)
+    z = L.Flatten()(backbone(z))
+    nested = keras.Model(inp, L.Dense(2, activation="softmax", name="logits")(z))
+    labels = [g.label for g in randomization_groups(nested)]
+    assert labels == ["logits", "backbone/conv5_block2", "backbone/conv5_block1"]
+    before = [w.copy() for w in nested.get_weights()]
+    res = cascading_randomization(nested, grad_explainer, x, y)
+    assert res["cloned"] and res["order"] == labels
+    assert all(np.array_equal(a, b) for a, b in zip(before, nested.get_weights()))
+    assert _all_finite(res["stages"])
+
+    seq = keras.Sequential([keras.Input((SIZE, SIZE, 1)), L.Rescaling(1 / 255.0), L.Conv2D(4, 3, name="c1"),
+                            L.Flatten(), L.Dense(2, activation="softmax", name="out")])
+    before = [w.copy() for w in seq.get_weights()]
+    ind = independent_randomization(seq, grad_explainer, x, y)
+    assert ind["mode"] == "independent" and ind["order"] == ["out", "c1"]
+    assert all(np.array_equal(a, b) for a, b in zip(before, seq.get_weights()))
+    assert all(s["ssim"].summary["n"] == 4 for s in ind["stages"].values())
+
+
+def test_randomization_of_an_uncloneable_model_restores_its_weights(keras, data):
+    class Subclassed(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.flat = keras.layers.Flatten()
+            self.out = keras.layers.Dense(2, activation="softmax")
+
+        def call(self, x):
+            return self.out(self.flat(x / 255.0))
+
+    model = Subclassed()
+    x, y = data[0][:4], data[1][:4]
+    model(x)
+    before = [w.copy() for w in model.get_weights()]
+    res = cascading_randomization(model, grad_explainer, x, y)
+    assert res["cloned"] is False and len(res["order"]) == 1
+    assert res["max_similarity"]["spearman"] < 0.9
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+
+
+def test_randomization_rejects_a_model_without_weights(keras, data):
+    inp = keras.Input((SIZE, SIZE, 1))
+    bare = keras.Model(inp, keras.layers.GlobalAveragePooling2D()(inp))
+    with pytest.raises(AlzAuditError, match="no weights"):
+        cascading_randomization(bare, sobel_explainer, data[0][:2], data[1][:2])
+
+
+# ---------------------------------------------------------------------------------------- localization
+
+@pytest.fixture(scope="module")
+def masks():
+    m = np.zeros((5, SIZE, SIZE), bool)
+    m[:, 12:20, 12:20] = True
+    m[4] = False  # nothing to localise: excluded
+    return m
+
+
+def test_map_equal_to_mask_scores_one_and_complement_zero(masks):
+    perfect = localization(masks.astype(np.float32), masks, tolerance=2)
+    assert perfect["n_evaluated"] == 4 and perfect["n_excluded_empty_mask"] == 1 and perfect["indices"] == [0, 1, 2, 3]
+    for key in ("energy_pointing", "pointing_game", "auprc"):
+        assert np.allclose(perfect[key].per_sample, 1.0) and perfect[key].higher_is_better
+    inverse = localization((~masks).astype(np.float32), masks, tolerance=2)
+    assert np.allclose(inverse["energy_pointing"].per_sample, 0.0)
+    assert np.all(inverse["pointing_game"].per_sample == 0.0)
+    assert inverse["auprc"].mean < 0.1 and inverse["auprc"].mean == pytest.approx(inverse["auprc_chance"])
+
+
+def test_pointing_game_tolerance_and_outside_brain(masks):
+    near = np.zeros(masks.shape, np.float32)
+    near[:, 22, 16] = 1.0  # 3 pixels below the mask's last row
+    assert np.all(localization(near, masks, tolerance=3)["pointing_game"].per_sample == 1.0)
+    assert np.all(localization(near, masks, tolerance=2)["pointing_game"].per_sample == 0.0)
+    brain = np.zeros(masks.shape, bool)
+    brain[:, 4:28, 4:28] = True
+    brain[0] = False  # no brain mask: excluded from the shortcut share
+    frame = np.zeros(masks.shape, np.float32)
+    frame[:, :2, :] = 1.0  # all mass in the image border
+    res = localization(frame, masks, brain_masks=brain)
+    assert np.allclose(res["outside_brain"].per_sample, 1.0) and not res["outside_brain"].higher_is_better
+    assert res["n_excluded_empty_brain"] == 1 and res["outside_brain"].summary["n"] == 4
+    inside = localization(masks.astype(np.float32), masks, brain_masks=brain)
+    assert np.allclose(inside["outside_brain"].per_sample, 0.0)
+
+
+def test_localization_of_zero_and_constant_maps_is_finite(masks):
+    for maps in (np.zeros(masks.shape), np.full(masks.shape, 3.0)):
+        res = localization(maps, masks, brain_masks=masks)
+        assert _all_finite(res)
+        assert np.all(res["energy_pointing"].per_sample == 0) and np.all(res["pointing_game"].per_sample == 0)
+
+
+def test_localization_rejects_mismatched_masks(masks):
+    with pytest.raises(AlzAuditError, match="shape"):
+        localization(np.zeros((5, 16, 16)), masks)
+
+
+# ----------------------------------------------------------------------------------------- convergence
+
+def test_convergence_is_lower_better_absolute_error():
+    r = convergence(np.array([-0.1, 0.05, 0.0, np.nan]))
+    assert not r.higher_is_better and r.summary["n"] == 3 and r.summary["mean"] == pytest.approx(0.05)
+    assert "Sundararajan" in r.cites[0]
+    assert to_jsonable(r)["per_sample"][-1] is None
