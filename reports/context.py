@@ -1,0 +1,340 @@
+"""Turn an audit.json dict into the plain view-model the templates print.
+
+All formatting decisions (number precision, ordering, what "not computed" means) live here so the
+templates stay dumb and the report can't crash on a section that is missing: every section is either a
+complete dict or None.
+"""
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Any, Callable
+
+from reports import figures
+from reports.assets import AssetReader, to_data_uri
+from reports.limitations import derive_limitations
+
+STATUS_ORDER = {"ERROR": 0, "FAIL": 1, "WARN": 2, "PASS": 3}
+SPLIT_ORDER = ("train", "val", "validation", "test")
+SUMMARY_HEAD = ["mean", "median", "p5", "p95", "n"]
+
+
+def fmt(x: Any) -> str:
+    """A number as a reviewer reads it; None/NaN as 'n/a'."""
+    if x is None:
+        return "n/a"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int):
+        return f"{x:,}"
+    if isinstance(x, float):
+        if math.isnan(x) or math.isinf(x):
+            return "n/a"
+        if x.is_integer() and abs(x) >= 10:
+            return f"{x:,.0f}"
+        if 0 < abs(x) < 0.001:  # learning rates, tiny p-values: keep two significant digits
+            return f"{x:.2g}"
+        return f"{x:.3f}" if abs(x) < 10 else (f"{x:.1f}" if abs(x) < 1000 else f"{x:,.0f}")
+    return str(x)
+
+
+def fmt_threshold(threshold: Any, direction: Any) -> str:
+    if threshold is None:
+        return "—"
+    return {"min": "≥ ", "max": "≤ "}.get(direction, "") + fmt(threshold)
+
+
+def summary_cells(s: Any) -> list[str]:
+    """mean, median, p5, p95, n of a summary dict (all 'n/a' when not computed)."""
+    s = s if isinstance(s, dict) else {}
+    return [fmt(s.get(k)) for k in SUMMARY_HEAD]
+
+
+def _safe_figure(notes: list[str], name: str, draw: Callable[..., bytes | None], *args: Any) -> str | None:
+    """Draw a figure; a malformed section costs that figure (with a note), never the whole report."""
+    try:
+        png = draw(*args)
+    except (ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
+        notes.append(f"figure '{name}' not drawn: {type(exc).__name__}: {' '.join(str(exc).split())[:120]}")
+        return None
+    return to_data_uri(png, "image/png") if png else None
+
+
+def _short(text: str, width: int = 70) -> str:
+    """Keep the end of a long path (the file name is the informative part) for headers and footers."""
+    return text if len(text) <= width else "…" + text[-(width - 1):]
+
+
+def _duration(start: Any, end: Any) -> str | None:
+    try:
+        seconds = (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+    except (TypeError, ValueError):
+        return None
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+
+
+def _verdict(audit: dict[str, Any]) -> dict[str, Any]:
+    checks = []
+    for c in audit.get("checks") or []:
+        checks.append({
+            "id": c.get("id", "?"), "title": c.get("title", ""), "group": c.get("group", ""),
+            "status": c.get("status", "ERROR"), "value": fmt(c.get("value")),
+            "threshold": fmt_threshold(c.get("threshold"), c.get("direction")),
+            "severity": c.get("severity", ""), "message": c.get("message", ""), "cites": c.get("cites") or [],
+        })
+    checks.sort(key=lambda c: STATUS_ORDER.get(c["status"], 0))  # stable: gate order within a status
+    counts = {s: sum(1 for c in checks if c["status"] == s) for s in STATUS_ORDER}
+    return {"verdict": audit.get("verdict", "FAIL"), "fail_on_warn": bool(audit.get("fail_on_warn")),
+            "checks": checks, "counts": counts}
+
+
+def _training_tables(training: dict[str, Any]) -> tuple[list[tuple[str, str]], list[dict[str, Any]]]:
+    """Scalars become key/value rows; lists of dicts (e.g. phases) become small tables."""
+    rows, tables = [], []
+    for key, value in training.items():
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            head = list(dict.fromkeys(k for v in value for k in v))
+            tables.append({"name": key, "head": head, "rows": [[fmt(v.get(k)) for k in head] for v in value]})
+        elif isinstance(value, (dict, list)):
+            rows.append((key, ", ".join(f"{k}: {fmt(v)}" for k, v in value.items()) if isinstance(value, dict)
+                         else ", ".join(fmt(v) for v in value)))
+        else:
+            rows.append((key, fmt(value)))
+    return rows, tables
+
+
+def _model(audit: dict[str, Any], assets: AssetReader) -> dict[str, Any]:
+    m = audit.get("model") or {}
+    run = audit.get("run") or {}
+    shape = m.get("input_shape")
+    scale = {255: "raw intensities in [0, 255]", 1: "intensities scaled to [0, 1]"}.get(m.get("input_scale"),
+                                                                                     "intensity scale unknown")
+    contract = (f"{' × '.join(fmt(s) for s in shape)} float32, {scale}" if shape else f"shape unknown, {scale}")
+    versions = run.get("versions") or {}
+    device = run.get("device") or {}
+    rows = [
+        ("Model file", m.get("path") or "n/a"), ("SHA-256", m.get("sha256") or "n/a"),
+        ("Architecture", m.get("architecture") or "n/a"), ("Backbone", m.get("backbone") or "n/a"),
+        ("Parameters", fmt(m.get("n_params"))), ("Input contract", contract),
+        ("Classes (output order)", ", ".join(m.get("classes") or []) or "n/a"),
+        ("Grad-CAM layer", m.get("layer") or "n/a"),
+        ("Frameworks", ", ".join(f"{k} {v}" for k, v in versions.items() if v) or "n/a"),
+        ("Device", f"{device.get('kind', 'n/a')}" + (f" ({device['name']})" if device.get("name") else "")),
+    ]
+    training = m.get("training")
+    t_rows, t_tables = _training_tables(training) if isinstance(training, dict) else ([], [])
+    return {"rows": rows, "summary": m.get("summary"), "training": training is not None,
+            "training_rows": t_rows, "training_tables": t_tables,
+            "training_curves": assets.data_uri(m.get("training_curves"), "training curves", max_px=900)}
+
+
+def _ordered(keys: list[str], first: tuple[str, ...] | list[str]) -> list[str]:
+    return [k for k in first if k in keys] + [k for k in keys if k not in first]
+
+
+def _data(audit: dict[str, Any], assets: AssetReader) -> dict[str, Any]:
+    d = audit.get("data") or {}
+    classes = list((audit.get("model") or {}).get("classes") or [])
+    counts = d.get("counts") or {}
+    splits = _ordered(list(counts), SPLIT_ORDER)
+    all_classes = _ordered(list(dict.fromkeys(c for s in counts.values() for c in (s or {}))), classes)
+    subjects = d.get("subjects") or {}
+    not_estimable = set(d.get("not_estimable") or [])
+    table = [[c] + [fmt((counts.get(s) or {}).get(c)) for s in splits]
+             + [fmt(subjects.get(c)), "no" if c in not_estimable else "yes"] for c in all_classes]
+    totals = ["total"] + [fmt(sum(v for v in (counts.get(s) or {}).values() if isinstance(v, int))) for s in splits] \
+        + [fmt(sum(v for v in subjects.values() if isinstance(v, int))) if subjects else "n/a", ""]
+    rows = [
+        ("Dataset", d.get("path") or "n/a"), ("Layout", d.get("layout") or "n/a"),
+        ("Manifest SHA-256", d.get("manifest_sha256") or "n/a"), ("Evaluated split", d.get("split") or "n/a"),
+        ("Subject IDs known", fmt(d.get("subjects_known"))), ("Synthetic", fmt(d.get("synthetic"))),
+        ("Ground-truth masks", fmt(d.get("has_masks"))),
+    ]
+    skipped = d.get("skipped") or []
+    return {"rows": rows, "splits": splits, "counts": table, "totals": totals, "split": d.get("split", "test"),
+            "skipped": skipped[:20], "skipped_more": max(0, len(skipped) - 20), "warnings": d.get("warnings") or [],
+            "not_estimable": sorted(not_estimable), "leakage": _leakage(audit, assets)}
+
+
+def _leakage(audit: dict[str, Any], assets: AssetReader) -> dict[str, Any] | None:
+    lk = ((audit.get("figures") or {}).get("leakage"))
+    if not lk:
+        return None
+    pairs = sorted(lk.get("pairs") or [], key=lambda p: (p.get("distance") is None, p.get("distance") or 0))
+    return {
+        "rates": [(k, fmt(v)) for k, v in (lk.get("rate") or {}).items()],
+        "by_class": [(k, fmt(v)) for k, v in (lk.get("rate_by_class") or {}).items()],
+        "max_rate": fmt(lk.get("max_rate")), "subject_overlap": fmt(lk.get("subject_overlap")),
+        "subjects_known": fmt(lk.get("subjects_known")),
+        "pairs": [{"query": p.get("query", ""), "match": p.get("match", ""), "splits": p.get("splits") or "",
+                   "distance": fmt(p.get("distance")), "transform": p.get("transform") or ""} for p in pairs[:12]],
+        "grid": assets.data_uri(lk.get("grid_png"), "near-duplicate grid", max_px=1000),
+    }
+
+
+def _performance(audit: dict[str, Any], notes: list[str]) -> dict[str, Any] | None:
+    p = (audit.get("figures") or {}).get("performance")
+    if not p:
+        return None
+    classes = list((audit.get("model") or {}).get("classes") or [])
+    ci = p.get("ci") or {}
+    headline = []
+    for key, name in (("accuracy", "Accuracy"), ("balanced_accuracy", "Balanced accuracy"),
+                      ("macro_f1", "Macro F1"), ("ece", "Expected calibration error"),
+                      ("subject_accuracy", "Subject-level accuracy (majority vote)")):
+        interval = ci.get(key)
+        headline.append((name, fmt(p.get(key)),
+                         f"{fmt(interval[0])} – {fmt(interval[1])}" if isinstance(interval, list) and len(interval) == 2 else "—"))
+    level = p.get("ci_level")
+    ci_note = None
+    if ci:
+        ci_note = (f"{fmt(round(level * 100)) if isinstance(level, (int, float)) else '95'} % intervals by "
+                   f"{p.get('ci_method') or 'an unstated method'}"
+                   + (f", {fmt(p.get('n_resamples'))} resamples" if p.get("n_resamples") else ""))
+    roc = p.get("roc") or {}
+    per_class = p.get("per_class") or {}
+    table = []
+    for c in _ordered(list(per_class), classes):
+        row = per_class.get(c) or {}
+        table.append([c, fmt(row.get("precision")), fmt(row.get("recall")), fmt(row.get("f1")),
+                      fmt(row.get("support")), fmt((roc.get(c) or {}).get("auc")),
+                      "yes" if row.get("estimable", True) else "no"])
+    return {
+        "headline": headline, "ci_note": ci_note, "per_class": table,
+        "confusion": _safe_figure(notes, "confusion", figures.confusion_figure, p.get("confusion"), classes),
+        "roc": _safe_figure(notes, "roc", figures.roc_figure, roc),
+        "reliability": _safe_figure(notes, "reliability", figures.reliability_figure, p.get("reliability"),
+                                    p.get("ece")),
+    }
+
+
+def _gallery(audit: dict[str, Any], assets: AssetReader) -> list[dict[str, Any]] | None:
+    items = audit.get("gallery")
+    if not items:
+        return None
+    classes = list((audit.get("model") or {}).get("classes") or [])
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for item in items:
+        groups.setdefault(str(item.get("class", "?")), []).append(item)
+    out = []
+    for cls in _ordered(list(groups), classes):
+        rows = []
+        for item in sorted(groups[cls], key=lambda it: not it.get("correct")):
+            images = [assets.data_uri(item.get(k), f"gallery {cls} {k}") for k in
+                      ("original", "gradcam", "gradcam_pp", "ig")]
+            rows.append({"correct": bool(item.get("correct")), "true": item.get("true", "?"),
+                         "predicted": item.get("predicted", "?"), "probability": fmt(item.get("probability")),
+                         "images": images})
+        out.append({"name": cls, "rows": rows})
+    return out
+
+
+def _stability(fig: dict[str, Any], assets: AssetReader, notes: list[str]) -> dict[str, Any] | None:
+    st = fig.get("stability")
+    if not st:
+        return None
+
+    def sigma(key: str) -> float:
+        try:
+            return float(key)
+        except ValueError:
+            return math.inf
+
+    rows, example = [], None
+    for key in sorted(st, key=sigma):
+        entry = st[key] or {}
+        rows.append([key] + summary_cells(entry.get("ssim")) + [fmt(entry.get("flip_rate"))])
+        if example is None and entry.get("example"):
+            ex = entry["example"]
+            example = {"sigma": key, "images": [
+                (name, assets.data_uri(ex.get(k), f"stability example {k}"))
+                for k, name in (("clean", "clean"), ("noisy", f"noisy (σ={key})"),
+                                ("clean_map", "Grad-CAM, clean"), ("noisy_map", "Grad-CAM, noisy"))]}
+    return {"rows": rows, "example": example,
+            "figure": _safe_figure(notes, "stability", figures.stability_figure, st)}
+
+
+def _explanations(audit: dict[str, Any], assets: AssetReader, notes: list[str]) -> dict[str, Any]:
+    fig = audit.get("figures") or {}
+    ag = fig.get("agreement")
+    agreement = None
+    if ag:
+        agreement = {"between": " vs ".join(ag.get("between") or []) or None,
+                     "rows": [[name] + summary_cells(ag.get(key)) for key, name in
+                              (("spearman", "Spearman rank correlation"), ("iou_top20", "IoU of top-20 % pixels"),
+                               ("ssim", "SSIM"))]}
+    fa = fig.get("faithfulness")
+    faithfulness = None
+    if fa:
+        faithfulness = {"rows": [[name] + summary_cells(fa.get(key)) for key, name in (
+            ("deletion_auc", "Deletion AUC (lower is better)"), ("random_deletion_auc", "Deletion AUC, random order"),
+            ("deletion_gain", "Deletion gain over random"), ("insertion_auc", "Insertion AUC (higher is better)"),
+            ("random_insertion_auc", "Insertion AUC, random order"), ("insertion_gain", "Insertion gain over random"))],
+            "figure": _safe_figure(notes, "faithfulness", figures.faithfulness_figure, fa.get("curves"))}
+    ra = fig.get("randomization")
+    randomization = None
+    if ra:
+        passed = ra.get("passed")
+        randomization = {"passed": passed, "result": {True: "PASSED", False: "FAILED"}.get(passed, "not decided"),
+                         "max_similarity": fmt(ra.get("max_similarity")),
+                         "stages": [[s.get("layer", "?"), fmt(s.get("spearman")), fmt(s.get("ssim"))]
+                                    for s in ra.get("stages") or []],
+                         "figure": _safe_figure(notes, "randomization", figures.randomization_figure, ra.get("stages"))}
+    lo = fig.get("localization")
+    localization = None
+    if lo:
+        localization = {"rows": [[name] + summary_cells(lo.get(key)) for key, name in (
+            ("energy_pointing", "Energy inside mask"), ("hit_rate", "Hit rate (peak inside mask)"),
+            ("auprc", "AUPRC against mask"), ("outside_brain", "Energy outside the brain"))],
+            "n_evaluated": fmt(lo.get("n_evaluated")), "n_empty_masks": fmt(lo.get("n_empty_masks"))}
+    co = fig.get("convergence")
+    convergence = None
+    if co:
+        convergence = {"row": ["IG completeness error"] + summary_cells(co.get("completeness_error")),
+                       "steps": fmt(co.get("steps"))}
+    return {"gallery": _gallery(audit, assets), "agreement": agreement,
+            "stability": _stability(fig, assets, notes), "faithfulness": faithfulness,
+            "randomization": randomization, "localization": localization, "convergence": convergence,
+            "has_masks": bool((audit.get("data") or {}).get("has_masks")),
+            "layer": (audit.get("model") or {}).get("layer") or "n/a",
+            "heatmap_sample": audit.get("heatmap_sample")}
+
+
+def _environment(audit: dict[str, Any]) -> dict[str, Any]:
+    run = audit.get("run") or {}
+    tp = (audit.get("figures") or {}).get("throughput")
+    throughput = None
+    if tp:
+        throughput = [("Device kind", tp.get("device_kind") or "n/a"), ("Batch size", fmt(tp.get("batch_size"))),
+                      ("Inference (images/s)", fmt(tp.get("inference_images_per_s"))),
+                      ("Grad-CAM (images/s)", fmt(tp.get("gradcam_images_per_s")))]
+    device = run.get("device") or {}
+    rows = [("Started", run.get("started") or "n/a"), ("Finished", run.get("finished") or "n/a"),
+            ("Duration", _duration(run.get("started"), run.get("finished")) or "n/a"),
+            ("Seed", fmt(run.get("seed"))),
+            ("Device", f"{device.get('kind', 'n/a')}" + (f" ({device['name']})" if device.get("name") else ""))]
+    rows += [(f"{k} version", v or "n/a") for k, v in (run.get("versions") or {}).items()]
+    rows += [("Git commit", run.get("git_commit") or "n/a"), ("Thresholds file", run.get("thresholds_file") or "n/a"),
+             ("Command", run.get("command") or "n/a")]
+    return {"throughput": throughput, "rows": rows}
+
+
+def build_context(audit: dict[str, Any], assets: AssetReader, *, source_name: str, generated: str) -> dict[str, Any]:
+    """Everything the templates need, in the order the report prints it."""
+    notes: list[str] = []
+    ctx = {
+        "source_name": source_name, "generated": generated,
+        "schema_version": audit.get("schema_version", "?"),
+        "model_name": _short((audit.get("model") or {}).get("path") or "model"),
+        "sha_short": ((audit.get("model") or {}).get("sha256") or "")[:12],
+        "verdict": _verdict(audit),
+        "model": _model(audit, assets),
+        "data": _data(audit, assets),
+        "performance": _performance(audit, notes),
+        "explanations": _explanations(audit, assets, notes),
+        "environment": _environment(audit),
+        "limitations": derive_limitations(audit),
+    }
+    ctx["notes"] = notes + assets.notes
+    return ctx

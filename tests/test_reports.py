@@ -1,0 +1,286 @@
+"""The audit.json schema and the static HTML + PDF report: content, ordering, robustness, and confinement."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from markupsafe import escape
+from pypdf import PdfReader
+
+from audit.schema_io import load_schema, validate_audit
+from fixtures.make_audit_fixture import make_audit, write_audit, write_audit_fixture
+from model.errors import AlzAuditError
+from reports import render_report
+from reports.assets import AssetReader
+from reports.fetcher import RefusedURL, ReportURLFetcher
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = "<script>alert(1)</script>"
+IMG = '<img src="file:///etc/passwd">'
+LINK = '<link rel="attachment" href="file:///etc/passwd">'
+STATUS_ORDER = ["ERROR", "FAIL", "WARN", "PASS"]
+
+
+def pdf_text(path: Path) -> str:
+    """All page text with whitespace removed, so ids wrapped across lines still match."""
+    return re.sub(r"\s+", "", "".join(page.extract_text() or "" for page in PdfReader(path).pages))
+
+
+def statuses_in_table(html: str) -> list[str]:
+    return re.findall(r'<span class="status \w+">(\w+)</span>', html)
+
+
+@pytest.fixture(scope="module")
+def realistic(tmp_path_factory):
+    """A realistic audit (16 gallery rows of four 208x176 images), rendered once, timed."""
+    folder = tmp_path_factory.mktemp("realistic")
+    path = write_audit_fixture(folder, image_size=(208, 176), per_class=4)
+    start = time.perf_counter()
+    written = render_report(path)
+    seconds = time.perf_counter() - start
+    return {"path": path, "written": written, "seconds": seconds,
+            "html": written["html"].read_text(encoding="utf-8"), "audit": json.loads(path.read_text())}
+
+
+# ---- schema -------------------------------------------------------------------------------------------
+
+def test_fixture_audit_is_schema_valid(tmp_path):
+    audit = make_audit(tmp_path, failing=True)
+    validate_audit(audit)  # raises on failure
+    assert load_schema()["properties"]["schema_version"]["pattern"] == "^1\\.[0-9]+$"
+
+
+@pytest.mark.parametrize("breakage, where", [
+    (lambda a: a["checks"][3].__setitem__("status", "MAYBE"), "$.checks[3].status"),
+    (lambda a: a.pop("verdict"), "verdict"),
+    (lambda a: a["figures"]["performance"].__setitem__("ci_method", "jackknife"), "$.figures.performance"),
+    (lambda a: a["run"]["device"].__setitem__("kind", "tpu"), "$.run.device.kind"),
+    (lambda a: a.__setitem__("schema_version", "2.0"), "$.schema_version"),
+])
+def test_broken_audit_fails_with_one_line_error(tmp_path, breakage, where):
+    audit = make_audit(tmp_path)
+    breakage(audit)
+    with pytest.raises(AlzAuditError) as info:
+        validate_audit(audit, source="some/audit.json")
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("some/audit.json: invalid at ")
+    assert where in message
+
+
+def test_unreadable_audit_json_is_a_one_line_error(tmp_path):
+    bad = tmp_path / "audit.json"
+    bad.write_text('{"schema_version": "1.0",\n "verdict": ', encoding="utf-8")
+    with pytest.raises(AlzAuditError, match=r"audit\.json: not valid JSON \(line 2"):
+        render_report(bad, pdf=False)
+    with pytest.raises(AlzAuditError, match="file not found"):
+        render_report(tmp_path / "missing.json", pdf=False)
+    assert not (tmp_path / "report.html").exists()
+
+
+# ---- the realistic report -----------------------------------------------------------------------------
+
+def test_html_has_every_section_in_order_and_the_verdict(realistic):
+    html = realistic["html"]
+    headings = re.findall(r"<h2>(\d) ([^<]+)</h2>", html)
+    assert [n for n, _ in headings] == list("1234567")
+    for needle in ("Verdict", "Model identity", "Data", "Performance", "Explanations", "Throughput and environment",
+                   "Limitations and sign-off"):
+        assert any(needle == title for _, title in headings), needle
+    assert '<div class="banner pass">' in html and '<span class="run-verdict">PASS</span>' in html
+    for text in ("Classification report", "Grad-CAM++", "Reliability diagram", "subject bootstrap, 1,000 resamples",
+                 "Worst near-duplicate pairs", "Reviewer sign-off", "ModerateDemented has fewer than 5 subjects",
+                 "The data are synthetic", realistic["audit"]["model"]["sha256"]):
+        assert text in html, text
+
+
+def test_html_is_self_contained(realistic):
+    html = realistic["html"]
+    urls = re.findall(r'\b(?:src|href)="([^"]*)"', html)
+    assert len([u for u in urls if u.startswith("data:image/")]) >= 64 + 6  # gallery + figures
+    assert all(u.startswith("data:") for u in urls), [u[:40] for u in urls if not u.startswith("data:")]
+    assert "<link" not in html and "url(" not in html.split("</style>", 1)[1]
+
+
+def test_pdf_has_verdict_and_every_check_id(realistic):
+    text = pdf_text(realistic["written"]["pdf"])
+    assert "verdict:PASS" in text
+    for check in realistic["audit"]["checks"]:
+        assert check["id"] in text, check["id"]
+    assert "7Limitationsandsign-off" in text and "Reviewersign-off" in text
+
+
+def test_pdf_size_and_render_time_are_bounded(realistic):
+    size = realistic["written"]["pdf"].stat().st_size
+    assert size < 5_000_000, size
+    assert realistic["seconds"] < 30, realistic["seconds"]
+    assert len(PdfReader(realistic["written"]["pdf"]).pages) >= 7
+    leftovers = [p.name for p in realistic["path"].parent.iterdir() if p.name.endswith(".tmp")]
+    assert leftovers == []
+
+
+# ---- ordering, missing sections -----------------------------------------------------------------------
+
+def test_fail_audit_lists_failures_first(tmp_path):
+    path = write_audit_fixture(tmp_path, failing=True)
+    html = render_report(path, tmp_path / "out", pdf=False)["html"].read_text(encoding="utf-8")
+    order = statuses_in_table(html)
+    assert order[0] == "ERROR" and order[1] == "FAIL" and order[-1] == "PASS"
+    assert order == sorted(order, key=STATUS_ORDER.index)
+    assert '<div class="banner fail">' in html
+    assert "The model-randomisation sanity check failed" in html
+    assert "raised an error" in html and not (tmp_path / "out" / "report.pdf").exists()
+
+
+def test_missing_optional_sections_still_render(tmp_path):
+    audit = make_audit(tmp_path)
+    for key in ("figures", "gallery", "heatmap_sample"):
+        audit.pop(key)
+    audit["model"] = {"path": "m.keras", "sha256": None, "classes": audit["model"]["classes"]}
+    audit["data"] = {"path": "d", "split": "test", "counts": {}}
+    audit["run"] = {"started": "2025-01-01T00:00:00Z", "finished": "bogus", "seed": None, "device": {"kind": "cpu"},
+                    "versions": {}}
+    audit["checks"] = []
+    written = render_report(write_audit(tmp_path, audit))
+    html = written["html"].read_text(encoding="utf-8")
+    for what in ("Performance: not computed", "Gallery: not computed", "Near-duplicate and subject leakage: not computed",
+                 "Throughput: not computed", "No checks were recorded", "Training configuration: not recorded"):
+        assert what in html, what
+    assert "verdict:PASS" in pdf_text(written["pdf"])
+
+
+def test_partial_figures_render_with_nulls(tmp_path):
+    audit = make_audit(tmp_path)
+    figures = audit["figures"]
+    figures["performance"].update(confusion=[[1, 2], [3]], roc=None, ci=None, ece=None, accuracy=None)
+    figures["localization"] = None
+    audit["data"]["has_masks"] = False
+    figures["stability"]["0.05"]["example"]["noisy"] = None
+    html = render_report(write_audit(tmp_path, audit), pdf=False)["html"].read_text(encoding="utf-8")
+    assert "figure &#39;confusion&#39; not drawn" in html
+    assert "Localisation: not computed (the dataset has no masks)" in html
+    assert "Confidence intervals: not computed." in html
+
+
+# ---- injection and confinement ------------------------------------------------------------------------
+
+class RecordingFetcher(ReportURLFetcher):
+    seen: list[str] = []
+
+    def fetch(self, url, headers=None):
+        RecordingFetcher.seen.append(url)
+        return super().fetch(url, headers)
+
+
+def test_injected_names_are_escaped_and_fetch_nothing(tmp_path, monkeypatch):
+    import reports.pdf
+
+    evil = [f"Non{SCRIPT}", f"Very{IMG}", f"Mild{LINK}", "Mod $x^2$ & <b>"]
+    audit = make_audit(tmp_path, classes=tuple(evil))
+    audit["model"]["path"] = f"model{SCRIPT}{LINK}.keras"
+    audit["model"]["architecture"] = IMG
+    audit["data"]["path"] = LINK
+    audit["checks"][0]["title"] = SCRIPT
+    audit["checks"][0]["message"] = LINK
+    audit["gallery"][0]["original"] = f"{IMG}.png"
+    audit["figures"]["leakage"]["pairs"][0]["query"] = LINK
+    validate_audit(audit)
+    RecordingFetcher.seen = []
+    monkeypatch.setattr(reports.pdf, "ReportURLFetcher", RecordingFetcher)
+    written = render_report(write_audit(tmp_path, audit), tmp_path / "out")
+
+    html = written["html"].read_text(encoding="utf-8")
+    for raw in (SCRIPT, IMG, LINK, "<b>"):
+        assert raw not in html
+        assert str(escape(raw)) in html
+    assert "not shown (file not found)" in html  # the injected image path was skipped with a note
+    assert RecordingFetcher.seen and all(u.startswith("data:image/") for u in RecordingFetcher.seen)
+
+    pdf_bytes = written["pdf"].read_bytes()
+    reader = PdfReader(written["pdf"])
+    assert reader.attachments == {}
+    assert b"/EmbeddedFile" not in pdf_bytes and b"/FileAttachment" not in pdf_bytes
+    assert "alert(1)" in pdf_text(written["pdf"])  # printed as text, not run
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9/x.png", "https://example.org/a.css", "ftp://x/y",
+                                 "file:///etc/passwd", "file://otherhost/etc/passwd", "javascript:alert(1)"])
+def test_fetcher_refuses_anything_but_data_and_assets(tmp_path, url):
+    with pytest.raises(RefusedURL):
+        ReportURLFetcher(tmp_path).fetch(url)
+
+
+def test_fetcher_confines_files_to_the_asset_folder(tmp_path):
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    (assets / "ok.css").write_text("p { color: red }")
+    (tmp_path / "secret.txt").write_text("secret")
+    (assets / "link.txt").symlink_to(tmp_path / "secret.txt")
+    fetcher = ReportURLFetcher(assets)
+    for url in (f"file://{assets}/../secret.txt", f"file://{assets}/%2e%2e/secret.txt", (assets / "link.txt").as_uri(),
+                f"file://{assets}"):
+        with pytest.raises(RefusedURL):
+            fetcher.fetch(url)
+    assert fetcher.fetch((assets / "ok.css").as_uri()).read() == b"p { color: red }"
+    assert fetcher.fetch("data:text/plain;base64,aGk=").read() == b"hi"
+
+
+def test_unescaped_attachment_stops_the_pdf(tmp_path):
+    from reports.pdf import html_to_pdf
+
+    for tag in (LINK, IMG, '<img src="http://127.0.0.1:9/x.png">', '<img src="../fetcher.py">'):
+        with pytest.raises(AlzAuditError, match="rendering stopped") as info:
+            html_to_pdf(f"<html><head>{tag}</head><body><p>x</p></body></html>", tmp_path)
+        assert "\n" not in str(info.value)
+
+
+def test_asset_reader_stays_inside_the_audit_folder(tmp_path):
+    audit_dir = tmp_path / "audit"
+    audit_dir.mkdir()
+    make_audit(audit_dir)
+    good = "images/gallery/00_00_original.png"
+    outside = tmp_path / "outside.png"
+    outside.write_bytes((audit_dir / good).read_bytes())
+    (audit_dir / "escape.png").symlink_to(outside)
+    (audit_dir / "fake.png").write_text("not an image")
+    reader = AssetReader(audit_dir)
+    assert reader.data_uri(good, "ok").startswith("data:image/")
+    for rel in (str(outside), "../outside.png", "images/../../outside.png", "escape.png", "fake.png",
+                "C:\\windows\\x.png", "\\\\server\\share\\x.png", ""):
+        assert reader.data_uri(rel, "bad") is None, rel
+    assert len(reader.notes) == 8
+    assert any("'..' escapes" in n for n in reader.notes) and any("absolute path" in n for n in reader.notes)
+    assert any("leads outside" in n for n in reader.notes) and any("not a readable PNG/JPEG" in n for n in reader.notes)
+
+
+# ---- command line -------------------------------------------------------------------------------------
+
+def test_cli_report_does_not_import_tensorflow(tmp_path):
+    path = write_audit_fixture(tmp_path)
+    code = textwrap.dedent(f"""
+        import sys
+        attempts = []
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("tensorflow", "keras"):
+                    attempts.append(name)
+                    raise ImportError("blocked: " + name)
+        sys.meta_path.insert(0, Block())
+        from audit.cli import main
+        rc = main(["report", {str(path)!r}, "--out", {str(tmp_path / "cli")!r}, "--no-pdf"])
+        assert rc == 0, rc
+        assert not attempts, attempts
+        assert "tensorflow" not in sys.modules and "keras" not in sys.modules
+        print("OK")
+    """)
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "OK" in result.stdout and "report.html" in result.stdout
+    assert (tmp_path / "cli" / "report.html").exists() and not (tmp_path / "cli" / "report.pdf").exists()
