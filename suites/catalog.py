@@ -51,6 +51,11 @@ CATALOG: dict[str, tuple[str, str, str, list[str]]] = {
                        "mean SSIM between Grad-CAM maps of clean and noisy copies", [ARUN]),
     "stability.max_flip_rate": ("Prediction flips under noise", "stability",
                                 "share of predictions changed by the noise (worst noise level)", [ARUN]),
+    "drift.prediction_agreement": ("Prediction agreement", "drift", "same predicted class in both audits", []),
+    "drift.max_probability_difference": ("Largest probability change", "drift",
+                                         "max |p_A - p_B| over the heatmap sample", []),
+    "drift.heatmap_ssim": ("Grad-CAM similarity", "drift", "mean SSIM between the two audits' maps", []),
+    "drift.changed_verdicts": ("Changed verdicts", "drift", "checks whose status changed (throughput excluded)", []),
     "throughput.inference": ("Inference throughput", "throughput", "images per second at batch 32", []),
     "throughput.gradcam": ("Grad-CAM throughput", "throughput", "explained images per second at batch 32", []),
 }

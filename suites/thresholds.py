@@ -23,6 +23,8 @@ SCHEMA: dict[str, dict[str, object]] = {
                                          "localization_energy", "localization_auprc", "outside_brain_mass")},
     "stability": {"ssim": "by_sigma", "max_flip_rate": "rule"},
     "throughput": {"inference": "by_device", "gradcam": "by_device"},
+    "drift": {k: "rule" for k in ("prediction_agreement", "max_probability_difference", "heatmap_ssim",
+                                  "changed_verdicts")},
     "audit": {"gradcam_images": int, "ig_images": int, "ig_steps": int, "stability_images": int,
               "stability_draws": int, "faithfulness_images": int, "faithfulness_steps": int,
               "randomization_images": int, "gallery_per_class": int, "batch_size": int},
