@@ -168,7 +168,34 @@ def load_model(path: str | os.PathLike, *, unsafe: bool = False):
             raise AlzAuditError(
                 f"{path}: the model contains a Lambda layer or custom code, which runs arbitrary Python when "
                 "loaded; refusing under safe mode. Pass --unsafe-load only if you trust where the file came from") from None
+        saved = saved_keras_version(path)
+        if saved and saved != keras.__version__:
+            raise AlzAuditError(
+                f"{path}: saved with Keras {saved}, which this Keras {keras.__version__} (TensorFlow "
+                f"{_tf_version()}) cannot load ({type(exc).__name__}: {text[:200]}); audit it with the Keras/"
+                f"TensorFlow it was saved with, or load it there and re-save it, e.g. in an environment with "
+                f"keras=={saved}") from None
         if "Could not locate class" in text or "custom" in text.lower():
             raise AlzAuditError(f"{path}: the model uses a custom layer or object that is not registered "
                                 f"({text[:300]}); import the code that defines it or re-save with built-in layers") from None
         raise AlzAuditError(f"{path}: could not load the Keras model ({type(exc).__name__}: {text[:300]})") from None
+
+
+def saved_keras_version(path: str | os.PathLike) -> str | None:
+    """The Keras version recorded in a ``.keras`` file's metadata.json (None when absent)."""
+    import json
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return json.loads(archive.read("metadata.json")).get("keras_version")
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+
+
+def _tf_version() -> str:
+    try:
+        import tensorflow as tf
+
+        return tf.__version__
+    except ImportError:
+        return "not installed"

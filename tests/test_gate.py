@@ -9,6 +9,7 @@ import pytest
 from suites import DEFAULT_THRESHOLDS, SUITES_DIR
 
 pytest_plugins = ["pytester"]
+pytestmark = pytest.mark.slow  # runs the gate in-process many times; tox envs gate separately
 
 FAST_AUDIT = """
 [audit]

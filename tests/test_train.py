@@ -41,6 +41,7 @@ def test_refuses_to_overwrite_and_resume_needs_a_run(trained_run, oasis_dir, tmp
         train(TrainConfig(data=str(oasis_dir), out=str(tmp_path / "new"), input_size=32), resume=True)
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_without_losing_epochs(oasis_dir, tmp_path, monkeypatch):
     from model import train_callbacks
 
@@ -119,6 +120,22 @@ def test_offline_imagenet_download_gives_a_clear_error(monkeypatch):
     with pytest.raises(AlzAuditError) as err:
         build_classifier("resnet50", weights="imagenet", input_size=32)
     assert "--weights PATH" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_model_from_another_keras_version_names_both_versions(tmp_path):
+    import zipfile
+
+    from model.network import load_model
+
+    path = tmp_path / "future.keras"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("metadata.json", '{"keras_version": "9.9.9", "date_saved": "2031-01-01"}')
+        archive.writestr("config.json", '{"class_name": "FutureModel", "config": {}}')
+        archive.writestr("model.weights.h5", b"")
+    with pytest.raises(AlzAuditError) as err:
+        load_model(path)
+    message = str(err.value)
+    assert "saved with Keras 9.9.9" in message and "keras==9.9.9" in message and "\n" not in message
 
 
 def test_load_model_refuses_lambda_layers_and_non_models(tmp_path):
