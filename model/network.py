@@ -15,6 +15,9 @@ from model.classes import CLASSES
 from model.errors import AlzAuditError
 
 BACKBONES = ("resnet50", "small")
+# Small datasets give few steps per epoch; Keras' default 0.99 leaves BatchNorm's moving statistics far
+# from the batch statistics for many epochs, and validation collapses while training accuracy climbs.
+BN_MOMENTUM = 0.9
 # ResNet50's ``preprocess_input`` ("caffe" mode): RGB -> BGR, then subtract the ImageNet BGR means.
 # The three channels are copies of one grayscale channel, so the flip is a no-op and only the means matter.
 _IMAGENET_BGR_MEANS = (103.939, 116.779, 123.68)
@@ -108,7 +111,7 @@ def small_resnet(input_size: int = 128, width: int = 32):
 
     inputs = keras.Input((input_size, input_size, 1), name="small_input")
     x = layers.Conv2D(width, 5, strides=2, padding="same", use_bias=False, name="stem_conv")(inputs)
-    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name="stem_bn")(x)
     x = layers.Activation("relu", name="stem_relu")(x)
     for stage, (mult, stride) in enumerate(((1, 1), (2, 2), (4, 2), (8, 2)), start=1):
         x = _residual_block(x, width * mult, stride, f"block{stage}")
@@ -121,12 +124,12 @@ def _residual_block(x, filters: int, stride: int, name: str):
     shortcut = x
     if stride != 1 or x.shape[-1] != filters:
         shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False, name=f"{name}_proj")(x)
-        shortcut = layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
+        shortcut = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_proj_bn")(shortcut)
     y = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv1")(x)
-    y = layers.BatchNormalization(name=f"{name}_bn1")(y)
+    y = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn1")(y)
     y = layers.Activation("relu", name=f"{name}_relu1")(y)
     y = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv2")(y)
-    y = layers.BatchNormalization(name=f"{name}_bn2")(y)
+    y = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn2")(y)
     y = layers.Add(name=f"{name}_add")([shortcut, y])
     return layers.Activation("relu", name=f"{name}_out")(y)
 

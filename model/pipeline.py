@@ -64,21 +64,26 @@ def load_masks(samples: Sequence[Sample], size: tuple[int, int], column: str = "
     return out
 
 
-def augmenter(seed: int = 0):
-    """The reference method's augmentation as Keras preprocessing layers (seeded)."""
+def augmenter(seed: int = 0, noise: float = 0.0):
+    """The reference method's augmentation as Keras preprocessing layers (seeded).
+
+    ``noise`` (a fraction of the [0, 255] range, off by default) adds Gaussian noise on top: not in the
+    reference method, but it makes predictions robust to the noise the stability check applies.
+    """
     import keras
     from keras import layers
 
-    return keras.Sequential([
-        layers.RandomRotation(15.0 / 360.0, fill_mode="nearest", seed=seed),
-        layers.RandomTranslation(0.1, 0.1, fill_mode="nearest", seed=seed + 1),
-        layers.RandomFlip("horizontal_and_vertical", seed=seed + 2),
-    ], name="augmentation")
+    steps = [layers.RandomRotation(15.0 / 360.0, fill_mode="nearest", seed=seed),
+             layers.RandomTranslation(0.1, 0.1, fill_mode="nearest", seed=seed + 1),
+             layers.RandomFlip("horizontal_and_vertical", seed=seed + 2)]
+    if noise > 0:
+        steps.append(layers.GaussianNoise(noise * 255.0, seed=seed + 3))
+    return keras.Sequential(steps, name="augmentation")
 
 
 def make_dataset(images: np.ndarray, labels: np.ndarray | None = None, *, batch_size: int = 32,
                  training: bool = False, augment: bool = True, seed: int = 0, input_scale: float = 255.0,
-                 channels: int = 1):
+                 channels: int = 1, noise: float = 0.0):
     """A batched, prefetched ``tf.data.Dataset`` of float32 ``(B, H, W, C)`` (and int labels).
 
     ``training`` shuffles (seeded, reshuffled each epoch) and, with ``augment``, applies the augmenter.
@@ -90,13 +95,13 @@ def make_dataset(images: np.ndarray, labels: np.ndarray | None = None, *, batch_
     if training:
         ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
-    aug = augmenter(seed) if (training and augment) else None
+    aug = augmenter(seed, noise) if (training and augment) else None
     scale = tf.constant(input_scale / 255.0, tf.float32)
 
     def to_float(x, *rest):
         x = tf.cast(x, tf.float32)[..., None]
         if aug is not None:
-            x = aug(x, training=True)
+            x = tf.clip_by_value(aug(x, training=True), 0.0, 255.0)
         x = x * scale
         if channels == 3:
             x = tf.repeat(x, 3, axis=-1)

@@ -8,6 +8,7 @@ BatchNormalization trains normally.
 from __future__ import annotations
 
 import json
+import math
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -42,6 +43,8 @@ class TrainConfig:
     seed: int = 0
     ratios: str = "0.7,0.15,0.15"
     group: str = "subject"
+    augment_noise: float = 0.0           # Gaussian noise augmentation, fraction of the intensity range
+    lr_schedule: str = "constant"        # "constant" (the reference method) | "cosine" (decay to 0 over the phase)
     plan: list = field(default_factory=list)
     plan_reason: str = ""
 
@@ -186,7 +189,7 @@ def train(config: TrainConfig, *, resume: bool = False, console=None) -> Path:
     x_val = load_slices(val_m.samples, size, progress=True, description="loading val slices")
     y_val = np.array(val_m.label_indices())
     train_ds = make_dataset(x_train, y_train, batch_size=config.batch_size, training=True,
-                            augment=config.augment, seed=config.seed)
+                            augment=config.augment, seed=config.seed, noise=config.augment_noise)
     val_ds = make_dataset(x_val, y_val, batch_size=config.batch_size)
     weights = class_weights(y_train, config.class_weight)
 
@@ -238,11 +241,17 @@ def _run_phase(phase, config, run_dir, state, model, pretrained, train_ds, val_d
     start = phase_state["epoch"] + 1
     checkpoint = PhaseCheckpoint(run_dir, phase, state, patience=config.patience)
     progress = RichProgress(phase, epochs, start, console=console)
+    callbacks = [keras.callbacks.CSVLogger(str(run_dir / f"phase{phase}_log.csv"), append=start > 0),
+                 checkpoint, progress]
+    if config.lr_schedule == "cosine":
+        # A function of the epoch index alone, so a resumed run continues on the same curve.
+        callbacks.append(keras.callbacks.LearningRateScheduler(
+            lambda epoch: lr * 0.5 * (1.0 + math.cos(math.pi * epoch / max(epochs, 1)))))
+    elif config.lr_schedule != "constant":
+        raise AlzAuditError(f"--lr-schedule: '{config.lr_schedule}' (use constant or cosine)")
     if start < epochs and not checkpoint.should_stop_already():
         model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=start, verbose=0, shuffle=False,
-                  class_weight=weights,
-                  callbacks=[keras.callbacks.CSVLogger(str(run_dir / f"phase{phase}_log.csv"), append=start > 0),
-                             checkpoint, progress])
+                  class_weight=weights, callbacks=callbacks)
     checkpoint.restore_best(model)
     with atomic_path(run_dir / f"phase{phase}_model.keras", suffix=".keras") as tmp:
         model.save(tmp)

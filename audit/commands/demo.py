@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         config = TrainConfig(data=str(split_csv), out=str(run_dir), backbone="small", weights=None,
                              input_size=args.input_size, epochs_phase2=args.epochs, lr_phase2=1e-3,
-                             patience=5, seed=args.seed)
+                             patience=args.epochs, lr_schedule="cosine", augment_noise=0.05, seed=args.seed)
         train(config, resume=(run_dir / STATE_FILE).is_file(), console=console)
 
     console.rule("4/5 evaluation")

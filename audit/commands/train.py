@@ -32,7 +32,11 @@ def register(top, data) -> None:
     p.add_argument("--patience", type=int, default=5, help="early-stopping patience on validation loss")
     p.add_argument("--class-weight", choices=["none", "balanced"], default="none")
     p.add_argument("--phases", default="auto", help="auto (default), 1, 2 or 1,2")
+    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant",
+                   help="constant learning rate per phase (the reference method) or cosine decay over the phase")
     p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--augment-noise", type=float, default=0.0,
+                   help="add Gaussian noise (fraction of the intensity range, e.g. 0.05) to the augmentation")
     p.add_argument("--ratios", default="0.7,0.15,0.15", help="train,val,test when the data has no split")
     p.add_argument("--group", choices=["subject", "pseudo", "slice"], default="subject",
                    help="how to split unsplit data (slice is leaky; for demonstrations)")
@@ -70,7 +74,8 @@ def run_train(args: argparse.Namespace) -> int:
                          epochs_phase2=args.epochs2, lr_phase1=args.lr1, lr_phase2=lr2, patience=args.patience,
                          class_weight=None if args.class_weight == "none" else args.class_weight,
                          phases=args.phases, augment=not args.no_augment, seed=args.seed, ratios=args.ratios,
-                         group=args.group)
+                         group=args.group, lr_schedule=args.lr_schedule,
+                         augment_noise=args.augment_noise)
     train(config, resume=args.resume, console=Console())
     return 0
 
