@@ -278,6 +278,7 @@ def _explanations(audit: dict[str, Any], assets: AssetReader, notes: list[str]) 
         passed = ra.get("passed")
         randomization = {"passed": passed, "result": {True: "PASSED", False: "FAILED"}.get(passed, "not decided"),
                          "max_similarity": fmt(ra.get("max_similarity")),
+                         "final_similarity": fmt(ra.get("final_similarity")),
                          "stages": [[s.get("layer", "?"), fmt(s.get("spearman")), fmt(s.get("ssim"))]
                                     for s in ra.get("stages") or []],
                          "figure": _safe_figure(notes, "randomization", figures.randomization_figure, ra.get("stages"))}

@@ -35,8 +35,8 @@ CATALOG: dict[str, tuple[str, str, str, list[str]]] = {
                                                 "how much faster the class probability drops when pixels are "
                                                 "removed in Grad-CAM order than in random order", [PETSIUK]),
     "explanations.randomization_max_similarity": ("Randomization sanity check", "explanations",
-                                                  "highest similarity of maps after re-initialising the model: "
-                                                  "high = the maps do not depend on what the model learned",
+                                                  "similarity of maps after re-initialising the model from the "
+                                                  "head down: high = the maps do not depend on what it learned",
                                                   [ADEBAYO]),
     "explanations.ig_completeness_error": ("IG convergence", "explanations",
                                            "median relative completeness error of Integrated Gradients",

@@ -21,7 +21,8 @@ def test_gradcam_is_faithful(gate, run):
 def test_maps_depend_on_the_learned_weights(gate, run):
     result = run.randomization
     gate.check("explanations.randomization_max_similarity", randomization_similarity(result),
-               detail=f"stage {result.get('max_similarity', {}).get('spearman_stage')}")
+               detail=f"{len(result.get('order', []))} stages; highest at stage "
+                      f"{result.get('max_similarity', {}).get('spearman_stage')}")
 
 
 @pytest.mark.check("explanations.ig_completeness_error")
