@@ -90,6 +90,16 @@ def device_description() -> dict:
     return {"kind": "cpu", "name": platform.processor() or platform.machine(), "count": 1}
 
 
+def _deterministic_ops() -> None:
+    """Same seed, same model: TensorFlow's deterministic kernels (slightly slower, worth it for an audit)."""
+    import tensorflow as tf
+
+    try:
+        tf.config.experimental.enable_op_determinism()
+    except (AttributeError, RuntimeError):
+        pass
+
+
 def set_trainable(model, phase: int, pretrained: bool) -> None:
     """Phase 1: only the head trains. Phase 2: everything, but BatchNorm stays in inference mode when
     the backbone is pretrained (Keras runs a non-trainable BatchNormalization layer in inference mode,
@@ -174,6 +184,7 @@ def train(config: TrainConfig, *, resume: bool = False, console=None) -> Path:
     config.resolve_plan()
     run_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
+    _deterministic_ops()
     env = environment()
     say = console.print if console is not None else print
     say(f"device: {env['device']['kind']} ({env['device']['name']}); TensorFlow {env['tensorflow']}, Keras {env['keras']}")

@@ -105,7 +105,7 @@ def test_small_backbone_contract_and_size():
     model = build_classifier("small", weights=None, input_size=64)
     assert model.count_params() <= 2_000_000
     assert model.input_shape == (None, 64, 64, 1)
-    assert model.get_layer("small_resnet").get_layer("block4_out").output.shape[1:3] == (4, 4)
+    assert model.get_layer("small_resnet").get_layer("block4_out").output.shape[1:3] == (8, 8)
 
 
 def test_offline_imagenet_download_gives_a_clear_error(monkeypatch):
