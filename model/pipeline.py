@@ -73,12 +73,21 @@ def augmenter(seed: int = 0, noise: float = 0.0):
     import keras
     from keras import layers
 
-    steps = [layers.RandomRotation(15.0 / 360.0, fill_mode="nearest", seed=seed),
-             layers.RandomTranslation(0.1, 0.1, fill_mode="nearest", seed=seed + 1),
-             layers.RandomFlip("horizontal_and_vertical", seed=seed + 2)]
-    if noise > 0:
-        steps.append(layers.GaussianNoise(noise * 255.0, seed=seed + 3))
-    return keras.Sequential(steps, name="augmentation")
+    import tensorflow as tf
+
+    geometry = keras.Sequential([
+        layers.RandomRotation(15.0 / 360.0, fill_mode="nearest", seed=seed),
+        layers.RandomTranslation(0.1, 0.1, fill_mode="nearest", seed=seed + 1),
+        layers.RandomFlip("horizontal_and_vertical", seed=seed + 2),
+    ], name="augmentation")
+    if noise <= 0:
+        return geometry
+
+    def with_noise(x, training=True):
+        x = geometry(x, training=training)
+        return x + tf.random.normal(tf.shape(x), stddev=noise * 255.0, seed=seed + 3)
+
+    return with_noise
 
 
 def make_dataset(images: np.ndarray, labels: np.ndarray | None = None, *, batch_size: int = 32,
