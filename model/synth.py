@@ -27,15 +27,17 @@ from model.manifest import MANIFEST_NAME, Manifest, Sample, write_manifest
 COHORT_INFO = "cohort.json"
 BALANCES = ("balanced", "kaggle")
 KAGGLE_COUNTS = (3200, 2240, 896, 64)  # images per class in the Kaggle original set, CLASSES order
-# Severity per stage: mean and spread of a normal, clipped to [0, 1]; neighbours overlap a little.
+# Severity per stage: mean and spread of a normal (|normal| for NonDemented), clipped to [0, 1]. About
+# 2.7 spreads separate neighbouring means, so their ranges overlap only in the tails (a few subjects).
 STAGE_SEVERITY = {
     "NonDemented": (0.0, 0.01),
-    "VeryMildDemented": (0.33, 0.04),
-    "MildDemented": (0.60, 0.04),
-    "ModerateDemented": (0.95, 0.03),
+    "VeryMildDemented": (0.33, 0.05),
+    "MildDemented": (0.60, 0.05),
+    "ModerateDemented": (0.93, 0.04),
 }
-SLICE_RANGE_MM = (6, 24)   # MNI z of the first and last slice centre (lateral ventricles, temporal horns)
-MAX_SLICES = 32
+# MNI z (mm) of the first and last slice centre: the lateral ventricles (frontal horns, bodies, atria).
+SLICE_RANGE_MM = (6, 24)
+MAX_SLICES = 24
 _OWN_ENTRIES = {*CLASSES, "masks", "brain_masks", MANIFEST_NAME, COHORT_INFO}
 
 
@@ -74,11 +76,13 @@ def draw_severity(rng: np.random.Generator, stage: str) -> float:
 
 
 def slice_positions(rng: np.random.Generator, k: int) -> tuple[int, ...]:
-    """MNI z (mm) of a subject's k slices: spread over the ventricle range, shifted per subject."""
+    """MNI z (mm) of a subject's k slices: spread over the ventricle range, shifted per subject, distinct."""
     lo, hi = SLICE_RANGE_MM
     centres = np.linspace(lo, hi, k) if k > 1 else np.array([(lo + hi) / 2.0])
-    z = centres + rng.uniform(-2.0, 2.0) + rng.uniform(-1.0, 1.0, k)
-    return tuple(int(v) for v in np.clip(np.rint(z), lo - 4, hi + 4))
+    z = np.clip(np.rint(centres + rng.uniform(-2.0, 2.0) + rng.uniform(-0.5, 0.5, k)), lo - 4, hi + 4).astype(int)
+    steps = np.arange(k)
+    z = np.maximum.accumulate(z - steps) + steps  # strictly increasing: no two slices of one level
+    return tuple(int(v) for v in z)
 
 
 def plan_cohort(*, subjects: int, slices_per_subject: int, class_balance: str, seed: int,

@@ -1,10 +1,11 @@
 """Render one synthetic subject's axial slice: anatomy, planted atrophy, intensity, noise, masks.
 
 Everything happens in 2-D on one template plane (fast): a subject-specific affine + smooth elastic warp
-maps the 176 x 208 output grid into the template; atrophy is planted on the way (ventricles pushed
-outward, cortex thinned from its pial side, the medial-temporal region eroded), then a per-subject
-contrast curve, bias field, blur and Rician noise make the intensities. Rendering the same slice
-with and without the planted atrophy gives the ground-truth mask of where it changed the image.
+maps the 176 x 208 output grid into the template; atrophy is planted on the way (periventricular tissue
+lost so the ventricles balloon, with a darkened white-matter halo; cortex thinned from its pial side; the
+medial-temporal region eroded), then a contrast curve and gain (drawn per slice), a bias field, blur and
+Rician noise make the intensities. Rendering the same slice with and without the planted atrophy gives
+the ground-truth mask of where it changed the image.
 """
 from __future__ import annotations
 
@@ -56,8 +57,8 @@ _KNOTS = np.array([0.0, 0.25, 0.40, 0.55, 0.66, 0.78, 0.88, 1.0], dtype=np.float
 
 
 def _contrast_curve(rng: np.random.Generator) -> np.ndarray:
-    """Output levels at _KNOTS: CSF, grey and white matter levels differ between scanners, so that no
-    fixed intensity range (a histogram bin) means "CSF" for every subject."""
+    """Output levels at _KNOTS. CSF, grey- and white-matter levels differ from image to image, so that no
+    fixed intensity range (a histogram bin) means "CSF" in every image."""
     csf = rng.uniform(0.04, 0.13)
     grey = rng.uniform(0.34, 0.46)
     white = rng.uniform(0.64, 0.78)
@@ -74,7 +75,8 @@ def draw_subject(rng: np.random.Generator, subject_id: str, stage: str, severity
         z_mm=tuple(int(z) for z in z_mm),
         noise_seeds=tuple(int(s) for s in rng.integers(0, 2**31 - 1, k)),
         marker_draws=tuple(float(u) for u in rng.random(k)),
-        affine=(float(rng.uniform(-0.08, 0.08)), *(float(s) for s in rng.uniform(0.85, 0.98) * rng.uniform(0.98, 1.02, 2)),
+        affine=(float(rng.uniform(-0.08, 0.08)),  # rotation, about +-4.6 degrees
+                *(float(s) for s in rng.uniform(0.85, 0.98) * rng.uniform(0.98, 1.02, 2)),  # head size, aspect
                 *(float(t) for t in rng.uniform(-3.0, 3.0, 2))),
         elastic=rng.normal(0.0, 1.5, (2, 5, 5)).astype(np.float32),
         patch=rng.normal(0.0, 1.0, (6, 6)).astype(np.float32),
@@ -92,6 +94,8 @@ def draw_subject(rng: np.random.Generator, subject_id: str, stage: str, severity
 
 @dataclass(frozen=True)
 class SliceImages:
+    """One rendered slice with its ground truth."""
+
     image: np.ndarray        # (208, 176) uint8
     mask: np.ndarray         # (208, 176) uint8, 255 where the planted atrophy changed the image
     brain: np.ndarray        # (208, 176) uint8, 255 inside the brain
@@ -104,7 +108,8 @@ def render_slice(template: TemplatePlanes, subject: Subject, k: int, *, shortcut
     amount = subject.atrophy if atrophy is None else float(atrophy)
     plane = template.plane(subject.z_mm[k])
     col, row = subject_grid(template, subject)
-    noise = np.random.default_rng(subject.noise_seeds[k]).normal(0.0, subject.noise, (2, OUT_H, OUT_W)).astype(np.float32)
+    noise = np.random.default_rng(subject.noise_seeds[k]).normal(0.0, subject.noise, (2, OUT_H, OUT_W))
+    noise = noise.astype(np.float32)
     brain = cv2.remap(template.brain[plane], col, row, cv2.INTER_LINEAR, borderValue=0.0)
     image = _intensity(subject, k, _anatomy(template, subject, k, col, row, amount), brain, noise)
     healthy = _intensity(subject, k, _anatomy(template, subject, k, col, row, 0.0), brain, noise)

@@ -185,5 +185,6 @@ def test_thresholds_file_loads_and_names_every_check():
     assert thresholds.sigmas == [0.02, 0.05]
     for check_id, rule in thresholds.rules.items():
         title, group, meaning, cites = describe(check_id)
-        assert title and meaning and group in ("data", "performance", "explanations", "stability", "throughput")
+        assert title and meaning and group in ("data", "performance", "explanations", "stability", "throughput",
+                                               "drift")
         assert rule.direction in ("min", "max")

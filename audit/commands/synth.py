@@ -17,7 +17,7 @@ def register(top, data) -> None:
     p.add_argument("--out", required=True, help="output folder (new, empty, or a previous cohort to replace)")
     # Numbers are parsed in run() so that a bad value gives the CLI's one-line error, not argparse usage.
     p.add_argument("--subjects", default="60", help="number of subjects (default 60)")
-    p.add_argument("--slices-per-subject", default="8", help="axial slices per subject, 1-32 (default 8)")
+    p.add_argument("--slices-per-subject", default="8", help="axial slices per subject, 1-24 (default 8)")
     p.add_argument("--class-balance", default="balanced",
                    help="'balanced' (equal subjects per stage, default) or 'kaggle' (Kaggle proportions, >= 2 each)")
     p.add_argument("--seed", default="0", help="random seed: the same seed gives byte-identical files (default 0)")
