@@ -26,12 +26,15 @@ _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": 
                   "validation": "val", "test": "test", "testing": "test"}
 KAGGLE_SOURCES = ("OriginalDataset", "AugmentedAlzheimerDataset")
 MANIFEST_NAME = "manifest.csv"
+# Folders beside the class folders that hold masks, not images of a class (the synthetic cohort's).
+AUXILIARY_FOLDERS = ("masks", "mask", "brain_masks")
 CORE_COLUMNS = ("path", "label", "subject_id", "split", "mask_path")
 
 # Subject IDs that file names carry: OASIS-1/2 (OAS1_0028_MR1_mpr-1_145.jpg -> OAS1_0028) and ADNI PTIDs.
 _SUBJECT_PATTERNS = (
     re.compile(r"(OAS[123]_\d{4})", re.IGNORECASE),
     re.compile(r"(?<!\d)(\d{3}_S_\d{4})(?!\d)"),
+    re.compile(r"(SYN_\d{4})"),  # the synthetic cohort
 )
 
 
@@ -314,7 +317,7 @@ def _descend_single(folder: Path) -> Path:
 def _scan_class_folders(folder: Path, skipped: list, warnings: list) -> Iterator[tuple[Path, str, dict]]:
     children = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
     known = [(p, canonical_class(p.name)) for p in children]
-    unknown = [p.name for p, label in known if label is None and p.name.lower() not in ("masks", "mask")]
+    unknown = [p.name for p, label in known if label is None and p.name.lower() not in AUXILIARY_FOLDERS]
     if unknown:
         raise AlzAuditError(
             f"{folder}: unknown class folder(s) {', '.join(repr(u) for u in unknown)} "
