@@ -16,7 +16,7 @@ def build(shared: Path) -> int:
         print(f"reusing {run / 'model.keras'}")
         return 0
     if not (data / "manifest.csv").is_file():
-        if alzaudit(["data", "synth", "--out", str(data), "--subjects", "40", "--slices-per-subject", "4",
+        if alzaudit(["data", "synth", "--out", str(data), "--subjects", "80", "--slices-per-subject", "4",
                      "--seed", "0"]):
             return 1
     if not (data / "split_manifest.csv").is_file():
@@ -24,7 +24,8 @@ def build(shared: Path) -> int:
             return 1
     resume = ["--resume"] if (run / "state.json").is_file() else []
     return alzaudit(["train", "--data", str(data / "split_manifest.csv"), "--out", str(run), "--input-size", "64",
-                     "--epochs2", "8", "--batch-size", "16", "--seed", "0", *resume])
+                     "--epochs2", "25", "--patience", "25", "--lr-schedule", "cosine", "--augment-noise", "0.05",
+                     "--batch-size", "16", "--seed", "0", *resume])
 
 
 def gate(shared: Path, env: str) -> int:
