@@ -132,9 +132,25 @@ def hash_work(work: np.ndarray, variants: Sequence[Variant] = DEFAULT_VARIANTS) 
 
 
 # ------------------------------------------------------------------------------------ Hamming search
+_BYTE_BITS = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
+def _bitwise_count(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``np.bitwise_count`` (numpy >= 2, a hardware popcount), or a byte lookup table on numpy 1.x
+    (TensorFlow 2.16/2.17 pin numpy < 2)."""
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(x, out=out)
+    x = np.ascontiguousarray(x, dtype=np.uint64)
+    counts = _BYTE_BITS[x.view(np.uint8).reshape(*x.shape, 8)].sum(axis=-1, dtype=np.uint8)
+    if out is None:
+        return counts
+    out[...] = counts
+    return out
+
+
 def popcount(values: np.ndarray) -> np.ndarray:
     """Set bits per uint64 (hardware popcount through ``np.bitwise_count``), as uint8."""
-    return np.bitwise_count(np.asarray(values, dtype=np.uint64)).astype(np.uint8, copy=False)
+    return _bitwise_count(np.asarray(values, dtype=np.uint64)).astype(np.uint8, copy=False)
 
 
 def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -190,7 +206,7 @@ def hamming_search(query: np.ndarray, ref: np.ndarray, max_distance: int, *, top
             n = r.shape[1]
             x, c, h = xor[:, :n], count[:, :n], hit[:, :n]
             np.bitwise_xor(q, r, out=x)
-            np.bitwise_count(x, out=c)
+            _bitwise_count(x, out=c)
             np.less_equal(c, limit, out=h)
             if h.any():
                 i, j = np.nonzero(h)

@@ -40,7 +40,8 @@ def run_one(name: str, manifest, group: str, args, out: Path) -> dict:
     model = run_dir / "model.keras"
     if not model.is_file():
         train(TrainConfig(data=str(csv), out=str(run_dir), backbone="small", weights=None, input_size=args.input_size,
-                          epochs_phase2=args.epochs, lr_phase2=1e-3, patience=args.epochs, seed=args.seed))
+                          epochs_phase2=args.epochs, lr_phase2=1e-3, patience=args.epochs, lr_schedule="cosine",
+                          augment_noise=0.05, seed=args.seed))
     metrics = evaluate_model(model, run_dir / "split_manifest.csv", n_resamples=200, seed=args.seed)
     overlap = sum(len(v) for v in subject_overlap(split).values())
     return {"run": name, "split": group, "test_images": metrics["n_images"],

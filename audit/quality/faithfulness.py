@@ -16,6 +16,9 @@ from audit.quality.base import CITES, MetricResult, as_images, as_maps, predict_
 from model.errors import AlzAuditError
 
 
+# numpy 2 renamed trapz to trapezoid; TensorFlow 2.16/2.17 pin numpy < 2.
+_trapezoid = getattr(np, "trapezoid", None) or getattr(np, "trapz")
+
 def blurred_baseline(images: np.ndarray, blur_sigma: float | None = None) -> np.ndarray:
     """The 'removed' image: a Gaussian blur over the spatial axes (default σ = max(H, W) / 16 pixels)."""
     sigma = max(images.shape[1:3]) / 16.0 if blur_sigma is None else float(blur_sigma)
@@ -75,7 +78,7 @@ def faithfulness(predict_fn: Callable[[np.ndarray], np.ndarray], images: np.ndar
         probs = probs.reshape(k, 2, 2, steps + 1, -1)
         curves[s:s + k] = np.take_along_axis(probs, tgt[s:s + k].reshape(k, 1, 1, 1, 1), axis=-1)[..., 0]
 
-    auc = np.trapezoid(curves, fraction, axis=-1)  # (n, 2, 2)
+    auc = _trapezoid(curves, fraction, axis=-1)  # (n, 2, 2)
     cites = [CITES["petsiuk2018"]]
     return {
         "deletion_auc": MetricResult("deletion_auc", auc[:, 0, 0], False, cites),
