@@ -205,14 +205,20 @@ def _retrace(model, call: Callable):
             x = call(layer, x)
         return inputs, x
     try:
-        clone = keras.models.clone_model(model, input_tensors=inputs, clone_function=lambda layer: layer,
-                                         call_function=call)
+        clone = keras.models.clone_model(model, input_tensors=_like_inputs(model, inputs),
+                                         clone_function=lambda layer: layer, call_function=call)
     except ValueError as exc:
         if "Functional" not in str(exc) and "subclass" not in str(exc):
             raise
         raise AlzAuditError(f"model {model.name} ({type(model).__name__}) is a subclassed model; explainers "
                             "need a Functional or Sequential model") from None
     return inputs, clone.outputs[0]
+
+
+def _like_inputs(model, tensor):
+    """``tensor`` in the structure of ``model.input``: models saved by older Keras (e.g. 3.3) keep a
+    one-element list as their input structure, and Keras 3.13 insists the structures match."""
+    return [tensor] if isinstance(model.input, (list, tuple)) and not isinstance(tensor, (list, tuple)) else tensor
 
 
 def _capturing_call(target, rest: list[str], captured: list) -> Callable:
@@ -314,8 +320,8 @@ def inline_nested(model):
                 produced[id(sub)] = out = call(sub, *a, **k)
                 return out
 
-            keras.models.clone_model(layer, input_tensors=args[0], clone_function=lambda same: same,
-                                     call_function=inner_call)
+            keras.models.clone_model(layer, input_tensors=_like_inputs(layer, args[0]),
+                                     clone_function=lambda same: same, call_function=inner_call)
             return produced[id(output_layer(layer))]
         twin = layer.__class__.from_config(layer.get_config())
         out = twin(*args, **kwargs)
