@@ -141,13 +141,18 @@ class AuditRun:
                                                 *extra))).encode()).hexdigest()[:16]
         return self.out_dir / "cache" / f"{name}-{key}.npy"
 
+    def _timed(self, name: str, compute):
+        """Run one figure's computation and record its wall time in ``timings`` (audit.json's run block)."""
+        started = time.perf_counter()
+        value = compute()
+        self.timings[name] = time.perf_counter() - started
+        return value
+
     def _cached_array(self, name: str, compute, *extra) -> np.ndarray:
         path = self._cache_path(name, *extra)
         if self.config.cache and path.is_file():
             return np.load(path)
-        started = time.perf_counter()
-        value = compute()
-        self.timings[name] = time.perf_counter() - started
+        value = self._timed(name, compute)
         if self.config.cache:
             path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(path) as tmp:
@@ -230,11 +235,9 @@ class AuditRun:
         from audit.explain import integrated_gradients
 
         idx = self.ig_indices
-        started = time.perf_counter()
-        result = integrated_gradients(self.model, self.inputs[idx], self.model_targets[idx],
-                                      steps=self.config.ig_steps, batch_size=max(self.config.batch_size, 64))
-        self.timings["ig"] = time.perf_counter() - started
-        return result
+        return self._timed("ig", lambda: integrated_gradients(
+            self.model, self.inputs[idx], self.model_targets[idx], steps=self.config.ig_steps,
+            batch_size=max(self.config.batch_size, 64)))
 
     def _gradcam_for(self, idx: np.ndarray) -> np.ndarray:
         position = {int(j): i for i, j in enumerate(self.gradcam_indices)}
@@ -253,37 +256,30 @@ class AuditRun:
         from audit.quality.stability import stability
 
         idx = self._sample(self.config.stability_images, 2)
-        started = time.perf_counter()
-        result = stability(self.model, self.explainer, self.inputs[idx], sigmas=self.config.sigmas,
-                           draws=self.config.stability_draws, seed=self.config.seed,
-                           targets=self.model_targets[idx], clean_maps=self._gradcam_for(idx),
-                           predict_fn=self.predict_fn, intensity_range=self.contract.input_scale,
-                           batch_size=max(self.config.batch_size, 64))
-        self.timings["stability"] = time.perf_counter() - started
-        return result
+        return self._timed("stability", lambda: stability(
+            self.model, self.explainer, self.inputs[idx], sigmas=self.config.sigmas,
+            draws=self.config.stability_draws, seed=self.config.seed, targets=self.model_targets[idx],
+            clean_maps=self._gradcam_for(idx), predict_fn=self.predict_fn,
+            intensity_range=self.contract.input_scale, batch_size=max(self.config.batch_size, 64)))
 
     @cached_property
     def faithfulness(self) -> dict:
         from audit.quality.faithfulness import faithfulness
 
         idx = self._sample(self.config.faithfulness_images, 3)
-        started = time.perf_counter()
-        result = faithfulness(self.predict_fn, self.inputs[idx], self._gradcam_for(idx), self.model_targets[idx],
-                              steps=self.config.faithfulness_steps, seed=self.config.seed,
-                              batch_size=max(self.config.batch_size, 64))
-        self.timings["faithfulness"] = time.perf_counter() - started
-        return result
+        return self._timed("faithfulness", lambda: faithfulness(
+            self.predict_fn, self.inputs[idx], self._gradcam_for(idx), self.model_targets[idx],
+            steps=self.config.faithfulness_steps, seed=self.config.seed,
+            batch_size=max(self.config.batch_size, 64)))
 
     @cached_property
     def randomization(self) -> dict:
         from audit.quality.randomization import cascading_randomization
 
         idx = self._sample(self.config.randomization_images, 4)
-        started = time.perf_counter()
-        result = cascading_randomization(self.model, self.explainer, self.inputs[idx], self.model_targets[idx],
-                                         seed=self.config.seed, original_maps=self._gradcam_for(idx))
-        self.timings["randomization"] = time.perf_counter() - started
-        return result
+        return self._timed("randomization", lambda: cascading_randomization(
+            self.model, self.explainer, self.inputs[idx], self.model_targets[idx], seed=self.config.seed,
+            original_maps=self._gradcam_for(idx)))
 
     @cached_property
     def masks(self) -> np.ndarray | None:
@@ -320,34 +316,9 @@ class AuditRun:
     def leakage(self) -> dict:
         from audit.leakage import leakage_report
 
-        started = time.perf_counter()
-        report = leakage_report(self.manifest, seed=self.config.seed)
-        self.timings["leakage"] = time.perf_counter() - started
-        return report
+        return self._timed("leakage", lambda: leakage_report(self.manifest, seed=self.config.seed))
 
     # ------------------------------------------------------------------------- outputs
-    def throughput(self, repeats: int = 3) -> dict:
-        """Images/s of compiled inference and of Grad-CAM on one batch (after a warm-up call)."""
-        from model.evaluate import predict
-        from model.train import device_description
-
-        batch = self.inputs[: self.config.batch_size]
-        if len(batch) < self.config.batch_size:
-            batch = np.resize(batch, (self.config.batch_size, *batch.shape[1:]))
-        targets = np.zeros(len(batch), dtype=int)
-
-        def rate(fn) -> float:
-            fn()
-            times = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - start)
-            return len(batch) / float(np.median(times))
-
-        return {"device_kind": device_description()["kind"], "batch_size": len(batch),
-                "inference_images_per_s": rate(lambda: predict(self.model, batch, batch_size=len(batch))),
-                "gradcam_images_per_s": rate(lambda: self.gradcam(batch, targets))}
 
 
 # --------------------------------------------------------------------------- serialisation
