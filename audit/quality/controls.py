@@ -1,0 +1,98 @@
+"""Control maps: what an explanation that knows nothing about the model scores on the same images.
+
+A figure means nothing alone: a map uniform over the brain already earns the mask's share of the brain
+in the energy pointing game, an edge map already tracks the anatomy, and a centre prior already points
+near the ventricles. Every explanation-quality figure is therefore also computed for these controls, and
+the gate judges the model's *skill* = its margin over the best control (``audit.quality.skill``).
+
+Controls are built from the images alone (never from the model), deterministically from a seed and each
+image's index, so the same image gets the same random control in every figure of a run.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from scipy.ndimage import gaussian_filter, sobel
+
+from audit.quality.base import as_images, normalize_maps
+
+CONTROLS = ("random", "brain_uniform", "edge", "centre")
+CONTROL_TITLES = {
+    "random": "random smooth map",
+    "brain_uniform": "uniform over the brain",
+    "edge": "edge map (Sobel)",
+    "centre": "centre prior",
+}
+
+
+def random_smooth_maps(shape: tuple[int, int, int], seed: int, keys: np.ndarray | None = None) -> np.ndarray:
+    """Gaussian-smoothed white noise (σ = max(H, W) / 16), one map per image, seeded by ``(seed, key)``.
+
+    ``keys`` (default ``0..N-1``) identify images, so an image gets the same random map wherever it appears.
+    Smooth rather than pixel noise: a blob-shaped map is what a real (but uninformed) explainer produces.
+    """
+    n, h, w = shape
+    keys = np.arange(n) if keys is None else np.asarray(keys).reshape(n)
+    sigma = max(h, w) / 16.0
+    noise = np.stack([np.random.default_rng([int(seed), 7, int(k)]).standard_normal((h, w)) for k in keys]) \
+        if n else np.zeros((0, h, w))
+    return normalize_maps(gaussian_filter(noise, sigma=(0, sigma, sigma), mode="reflect"))
+
+
+def foreground_masks(images: np.ndarray) -> np.ndarray:
+    """Otsu foreground of each image (the brain on a dark background), for data without brain masks."""
+    from skimage.filters import threshold_otsu
+
+    x = as_images(images)[..., 0]
+    out = np.zeros(x.shape, bool)
+    for i, image in enumerate(x):
+        if image.max() > image.min():
+            out[i] = image > threshold_otsu(image)
+    return out
+
+
+def brain_uniform_maps(images: np.ndarray, brain_masks: np.ndarray | None = None) -> np.ndarray:
+    """1 inside the brain, 0 outside: the brain mask when given, else the image's Otsu foreground."""
+    masks = foreground_masks(images) if brain_masks is None else np.asarray(brain_masks) > 0.5
+    return masks.astype(np.float32)
+
+
+def edge_maps(images: np.ndarray) -> np.ndarray:
+    """Sobel gradient magnitude of each image: weight-insensitive, yet it follows the anatomy."""
+    x = as_images(images)[..., 0].astype(np.float64)
+    gy = sobel(x, axis=1, mode="nearest")
+    gx = sobel(x, axis=2, mode="nearest")
+    return normalize_maps(np.hypot(gx, gy))
+
+
+def centre_prior_maps(shape: tuple[int, int, int]) -> np.ndarray:
+    """An isotropic Gaussian at the image centre (σ = a quarter of each side), the same for every image."""
+    n, h, w = shape
+    yy = (np.arange(h) - (h - 1) / 2.0) / (h / 4.0)
+    xx = (np.arange(w) - (w - 1) / 2.0) / (w / 4.0)
+    prior = np.exp(-0.5 * (yy[:, None] ** 2 + xx[None, :] ** 2)).astype(np.float32)
+    return np.broadcast_to(prior, (n, h, w)).copy()
+
+
+def control_maps(images: np.ndarray, *, brain_masks: np.ndarray | None = None, seed: int = 0,
+                 keys: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Every control map for a batch of raw images ``(N, H, W, 1)``: ``{name: (N, H, W) float32 in [0, 1]}``."""
+    x = as_images(images)
+    shape = x.shape[:3]
+    return {
+        "random": random_smooth_maps(shape, seed, keys),
+        "brain_uniform": brain_uniform_maps(x, brain_masks),
+        "edge": edge_maps(x),
+        "centre": centre_prior_maps(shape),
+    }
+
+
+def image_only_explainers(seed: int = 0) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+    """Controls as functions of the (possibly noisy) input alone, for stability: they see only pixels."""
+    return {
+        "random": lambda x: random_smooth_maps(as_images(x).shape[:3], seed),
+        "brain_uniform": lambda x: brain_uniform_maps(x),
+        "edge": edge_maps,
+        "centre": lambda x: centre_prior_maps(as_images(x).shape[:3]),
+    }
