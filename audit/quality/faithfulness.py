@@ -34,7 +34,7 @@ def _ranks(order: np.ndarray) -> np.ndarray:
 
 def faithfulness(predict_fn: Callable[[np.ndarray], np.ndarray], images: np.ndarray, maps: np.ndarray,
                  targets: np.ndarray, *, steps: int = 20, blur_sigma: float | None = None, seed: int = 0,
-                 batch_size: int = 64) -> dict[str, Any]:
+                 batch_size: int = 64, control_maps: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """Deletion/insertion AUC of the target-class probability in heatmap order and in random order.
 
     ``predict_fn(images) -> (N, C)`` probabilities. Pixels are moved ``1/steps`` of the image at a time;
@@ -45,6 +45,12 @@ def faithfulness(predict_fn: Callable[[np.ndarray], np.ndarray], images: np.ndar
     ``insertion_auc_random``, ``deletion_gain`` (random − heatmap deletion AUC, higher better),
     ``insertion_gain`` (heatmap − random insertion AUC, higher better), and ``curves``: the mean curves
     ``{"fraction", "deletion", "insertion", "deletion_random", "insertion_random"}`` as lists.
+
+    ``control_maps`` (``{name: (N, H, W)}``, e.g. from ``audit.quality.controls.control_maps``) are run
+    through the same curves in the same batches; they are returned under ``"controls"`` as ``{name:
+    {"deletion_auc", "insertion_auc": MetricResult}}`` with their mean curves in ``curves["controls"]``.
+    When they include ``"random"``, that smooth random map is the random reference of the gains instead
+    of a random pixel order.
     """
     x = as_images(images)
     m = np.nan_to_num(as_maps(maps), nan=0.0, posinf=0.0, neginf=0.0)
@@ -56,42 +62,61 @@ def faithfulness(predict_fn: Callable[[np.ndarray], np.ndarray], images: np.ndar
         raise AlzAuditError("faithfulness: no images given")
     if steps < 1:
         raise AlzAuditError(f"faithfulness: steps must be >= 1, got {steps}")
+    controls = {name: np.nan_to_num(as_maps(cm, f"control map {name}"), nan=0.0, posinf=0.0, neginf=0.0)
+                for name, cm in (control_maps or {}).items()}
+    for name, cm in controls.items():
+        if cm.shape != (n, h, w):
+            raise AlzAuditError(f"faithfulness: control map {name} has shape {cm.shape}, expected {(n, h, w)}")
     n_px = h * w
     rng = np.random.default_rng(seed)
-    heat_order = np.lexsort((rng.random((n, n_px)), -m.reshape(n, n_px)), axis=-1)
-    rand_order = np.argsort(rng.random((n, n_px)), axis=1)
-    ranks = np.stack([_ranks(heat_order), _ranks(rand_order)], axis=1)  # (n, 2, P)
+    tie_break = rng.random((n, n_px))
+    orders = [np.lexsort((tie_break, -m.reshape(n, n_px)), axis=-1)]
+    names = list(controls)
+    if "random" not in controls:  # the classic reference: a random pixel order
+        names.append("random_pixels")
+        orders.append(np.argsort(rng.random((n, n_px)), axis=1))
+    for name in controls:
+        orders.insert(1 + names.index(name), np.lexsort((tie_break, -controls[name].reshape(n, n_px)), axis=-1))
+    ranks = np.stack([_ranks(o) for o in orders], axis=1)  # (n, orders, P)
+    n_orders = ranks.shape[1]
     counts = np.round(np.linspace(0, n_px, steps + 1)).astype(np.int64)
     fraction = counts / n_px
     base = blurred_baseline(x, blur_sigma)
 
-    curves = np.empty((n, 2, 2, steps + 1), dtype=np.float64)  # (image, heat/random, deletion/insertion, step)
-    chunk = max(1, (8 * batch_size) // (4 * (steps + 1)))
+    curves = np.empty((n, n_orders, 2, steps + 1), dtype=np.float64)  # (image, order, deletion/insertion, step)
+    chunk = max(1, (8 * batch_size) // (2 * n_orders * (steps + 1)))
     for s in range(0, n, chunk):
         xi, bi, ri = x[s:s + chunk], base[s:s + chunk], ranks[s:s + chunk]
         k = len(xi)
-        moved = (ri[:, :, None, :] < counts[None, None, :, None]).reshape(k, 2, 1, steps + 1, h, w, 1)
+        moved = (ri[:, :, None, :] < counts[None, None, :, None]).reshape(k, n_orders, 1, steps + 1, h, w, 1)
         xi6, bi6 = xi[:, None, None, None], bi[:, None, None, None]
         # deletion: moved pixels come from the baseline; insertion: moved pixels come from the image.
         stack = np.concatenate([np.where(moved, bi6, xi6), np.where(moved, xi6, bi6)], axis=2)
         probs = predict_in_batches(predict_fn, stack.reshape((-1, h, w, c)), batch_size)
-        probs = probs.reshape(k, 2, 2, steps + 1, -1)
+        probs = probs.reshape(k, n_orders, 2, steps + 1, -1)
         curves[s:s + k] = np.take_along_axis(probs, tgt[s:s + k].reshape(k, 1, 1, 1, 1), axis=-1)[..., 0]
 
-    auc = _trapezoid(curves, fraction, axis=-1)  # (n, 2, 2)
+    auc = _trapezoid(curves, fraction, axis=-1)  # (n, orders, 2)
+    ref = 1 + names.index("random") if "random" in names else 1 + names.index("random_pixels")
     cites = [CITES["petsiuk2018"]]
     return {
         "deletion_auc": MetricResult("deletion_auc", auc[:, 0, 0], False, cites),
         "insertion_auc": MetricResult("insertion_auc", auc[:, 0, 1], True, cites),
-        "deletion_auc_random": MetricResult("deletion_auc_random", auc[:, 1, 0], False, cites),
-        "insertion_auc_random": MetricResult("insertion_auc_random", auc[:, 1, 1], True, cites),
-        "deletion_gain": MetricResult("deletion_gain", auc[:, 1, 0] - auc[:, 0, 0], True, cites),
-        "insertion_gain": MetricResult("insertion_gain", auc[:, 0, 1] - auc[:, 1, 1], True, cites),
+        "deletion_auc_random": MetricResult("deletion_auc_random", auc[:, ref, 0], False, cites),
+        "insertion_auc_random": MetricResult("insertion_auc_random", auc[:, ref, 1], True, cites),
+        "deletion_gain": MetricResult("deletion_gain", auc[:, ref, 0] - auc[:, 0, 0], True, cites),
+        "insertion_gain": MetricResult("insertion_gain", auc[:, 0, 1] - auc[:, ref, 1], True, cites),
+        "controls": {name: {"deletion_auc": MetricResult(f"deletion_auc_{name}", auc[:, 1 + i, 0], False, cites),
+                            "insertion_auc": MetricResult(f"insertion_auc_{name}", auc[:, 1 + i, 1], True, cites)}
+                     for i, name in enumerate(names) if name in controls},
         "curves": {
             "fraction": fraction.tolist(),
             "deletion": curves[:, 0, 0].mean(axis=0).tolist(),
             "insertion": curves[:, 0, 1].mean(axis=0).tolist(),
-            "deletion_random": curves[:, 1, 0].mean(axis=0).tolist(),
-            "insertion_random": curves[:, 1, 1].mean(axis=0).tolist(),
+            "deletion_random": curves[:, ref, 0].mean(axis=0).tolist(),
+            "insertion_random": curves[:, ref, 1].mean(axis=0).tolist(),
+            "controls": {name: {"deletion": curves[:, 1 + i, 0].mean(axis=0).tolist(),
+                                "insertion": curves[:, 1 + i, 1].mean(axis=0).tolist()}
+                         for i, name in enumerate(names) if name in controls},
         },
     }

@@ -34,6 +34,8 @@ def pointing_hits(maps: np.ndarray, masks: np.ndarray, tolerance: float) -> np.n
     The maximum is the first one in raster order; an all-zero map points nowhere (0).
     """
     n, h, w = maps.shape
+    if n == 0:
+        return np.zeros(0, dtype=np.float64)
     flat_arg = maps.reshape(n, -1).argmax(axis=1)
     py, px = np.divmod(flat_arg, w)
     hits = np.zeros(n, dtype=np.float64)
@@ -70,7 +72,7 @@ def localization(maps: np.ndarray, masks: np.ndarray, *, brain_masks: np.ndarray
     """
     m = normalize_maps(maps)
     mk = _as_masks(masks, m.shape, "masks")
-    keep = mk.reshape(len(mk), -1).any(axis=1)
+    keep = mk.reshape(len(mk), mk.shape[1] * mk.shape[2]).any(axis=1)
     idx = np.flatnonzero(keep)
     mm, kk = m[idx], mk[idx]
     out: dict[str, Any] = {
@@ -86,7 +88,7 @@ def localization(maps: np.ndarray, masks: np.ndarray, *, brain_masks: np.ndarray
     }
     if brain_masks is not None:
         bm = _as_masks(brain_masks, m.shape, "brain_masks")
-        has_brain = bm.reshape(len(bm), -1).any(axis=1)
+        has_brain = bm.reshape(len(bm), bm.shape[1] * bm.shape[2]).any(axis=1)
         bi = np.flatnonzero(has_brain)
         out["outside_brain"] = MetricResult("map_mass_outside_brain", energy_inside(m[bi], ~bm[bi]), False,
                                             [CITES["wang2020"], CITES["arun2021"]])

@@ -105,6 +105,59 @@ def _stages(groups: list[_Group], n_stages: int | None) -> list[list[_Group]]:
     return [[g] for g in groups[:n - 1]] + [groups[n - 1:]]
 
 
+# "conv5_block3" -> "conv5": ResNet-style names carry their stage before "_block".
+_STAGE_OF_BLOCK = re.compile(r"^(.+?)_block_?\d+[a-z]?$")
+
+
+def _is_head(group: _Group) -> bool:
+    """A head unit has no convolution kernel (rank-4 weights): dense layers, their norms and biases."""
+    return not any(len(v.shape) == 4 for layer in group.layers for v in layer.weights)
+
+
+def _stage_key(label: str) -> str:
+    head, _, name = label.rpartition("/")
+    match = _STAGE_OF_BLOCK.match(name)
+    return f"{head}/{match.group(1)}" if head and match else (match.group(1) if match else label)
+
+
+def backbone_stages(groups: list[_Group]) -> tuple[list[list[_Group]], int]:
+    """Cascade stages, output first, and how many of them are head units.
+
+    Each head unit (no convolution kernel, before the first one) is its own stage; below it, units of one
+    backbone stage (``conv5_block1..3`` -> ``conv5``; ``block4`` alone) are re-initialised together, and
+    other units (a stem conv) are a stage each. This is the granularity at which Adebayo et al.'s cascade
+    is read: "head", then "head + conv5", "head + conv5 + conv4", ...
+    """
+    n_head = 0
+    while n_head < len(groups) and _is_head(groups[n_head]):
+        n_head += 1
+    stages: list[list[_Group]] = [[g] for g in groups[:n_head]]
+    previous = None
+    for group in groups[n_head:]:
+        key = _stage_key(group.label)
+        if key == previous and key != group.label:
+            stages[-1].append(group)
+        else:
+            stages.append([group])
+        previous = key
+    return stages, n_head
+
+
+def gate_stage_index(n_stages: int, n_head: int, fraction: float = 0.5) -> int:
+    """Index of the stage the sanity check is judged at: the head plus the top ``fraction`` of the
+    backbone's stages re-initialised (at least one backbone stage when there is one)."""
+    n_backbone = n_stages - n_head
+    if n_backbone <= 0:
+        return n_stages - 1
+    return n_head - 1 + max(1, int(np.ceil(fraction * n_backbone)))
+
+
+def _stage_label(stage: list[_Group]) -> str:
+    if len(stage) == 1:
+        return stage[0].label
+    return _stage_key(stage[-1].label)
+
+
 def clone_model(model: Any) -> Any | None:
     """An independent copy of ``model`` with the same weights, or None when Keras cannot clone it.
 
@@ -158,60 +211,114 @@ def reinitialize(layers: list[Any], rng: np.random.Generator) -> None:
             var.assign(np.asarray(value).astype(str(var.dtype)))
 
 
-def _similarity(original: np.ndarray, maps: np.ndarray) -> dict[str, MetricResult]:
+def hog_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pearson correlation of the HOG descriptors of each pair of maps (Adebayo et al. 2018), shape (N,).
+
+    HOG compares the maps' edge structure rather than their pixel ranks; two constant maps are
+    identical (1.0), a constant against a varying map shares nothing (0.0).
+    """
+    from skimage.feature import hog
+
+    a, b = as_maps(a), as_maps(b)
+    cell = max(2, min(a.shape[1:]) // 16)
+    out = np.empty(len(a), dtype=np.float64)
+    for i, (x, y) in enumerate(zip(a, b)):
+        ha = hog(x, orientations=9, pixels_per_cell=(cell, cell), cells_per_block=(2, 2), feature_vector=True)
+        hb = hog(y, orientations=9, pixels_per_cell=(cell, cell), cells_per_block=(2, 2), feature_vector=True)
+        sa, sb = ha.std(), hb.std()
+        if sa == 0 or sb == 0:
+            out[i] = 1.0 if sa == sb else 0.0
+        else:
+            out[i] = float(np.clip(np.mean((ha - ha.mean()) * (hb - hb.mean())) / (sa * sb), -1.0, 1.0))
+    return out
+
+
+SIMILARITIES = ("spearman", "spearman_signed", "ssim", "hog")
+
+
+def _similarity(original: np.ndarray, maps: np.ndarray, original_signed: np.ndarray,
+                signed: np.ndarray) -> dict[str, MetricResult]:
+    """Adebayo et al.'s four similarities: Spearman of |maps| and of signed maps, SSIM and HOG."""
     cites = [CITES["adebayo2018"], CITES["arun2021"]]
     return {
         "spearman": MetricResult("randomization_spearman", spearman_rows(original, maps), False, cites),
+        "spearman_signed": MetricResult("randomization_spearman_signed", spearman_rows(original_signed, signed),
+                                        False, cites),
         "ssim": MetricResult("randomization_ssim", ssim_pairs(original, maps), False,
                              cites + [CITES["wang2004"]]),
+        "hog": MetricResult("randomization_hog", hog_similarity(original, maps), False, cites),
     }
 
 
-def _explain(explainer: Explainer, model: Any, images: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    return normalize_maps(np.abs(np.nan_to_num(as_maps(explainer(model, images, targets)))))
+def _explain(explainer: Explainer, model: Any, images: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(|map| scaled to [0, 1], the signed map as the explainer returned it)."""
+    raw = np.nan_to_num(as_maps(explainer(model, images, targets)))
+    return normalize_maps(np.abs(raw)), raw
 
 
 def _run(model: Any, explainer: Explainer, images: np.ndarray, targets: np.ndarray, *, n_stages: int | None,
-         seed: int, original_maps: np.ndarray | None, cascading: bool) -> dict[str, Any]:
+         seed: int, original_maps: np.ndarray | None, cascading: bool,
+         control_explainers: dict[str, Explainer] | None = None, gate_fraction: float = 0.5) -> dict[str, Any]:
     x = as_images(images)
     if len(x) == 0:
         raise AlzAuditError("randomization: no images given")
     tgt = np.asarray(targets, dtype=np.int64).reshape(len(x))
     if not weighted_layers(model):
         raise AlzAuditError("randomization: the model has no weights to re-initialise")
-    original = _explain(explainer, model, x, tgt) if original_maps is None else \
-        normalize_maps(np.abs(as_maps(original_maps)))
+    if original_maps is None:
+        original, original_signed = _explain(explainer, model, x, tgt)
+    else:
+        original_signed = np.nan_to_num(as_maps(original_maps))
+        original = normalize_maps(np.abs(original_signed))
+    controls = control_explainers or {}
+    control_original = {name: _explain(fn, model, x, tgt) for name, fn in controls.items()}
 
     work = clone_model(model)
     cloned = work is not None
     snapshot = model.get_weights()
     if work is None:  # fall back to randomizing the caller's model and restoring it afterwards
         work = model
-    stages = _stages(randomization_groups(work), n_stages)  # the clone's own layers
+    groups = randomization_groups(work)  # the clone's own layers
+    if n_stages is None:
+        stages, n_head = backbone_stages(groups)
+    else:
+        stages, n_head = _stages(groups, n_stages), min(1, len(groups))
+    gate_index = gate_stage_index(len(stages), n_head, gate_fraction)
     result: dict[str, Any] = {"mode": "cascading" if cascading else "independent", "cloned": cloned,
-                              "stages": {}, "order": []}
+                              "stages": {}, "order": [], "controls": {name: {} for name in controls}}
     try:
         for i, stage in enumerate(stages):
             if not cascading:
                 work.set_weights(snapshot)
             paths = [p for g in stage for p in g.paths]
             reinitialize([lay for g in stage for lay in g.layers], np.random.default_rng([seed, i]))
-            maps = _explain(explainer, work, x, tgt)
-            label = stage[-1].label
-            result["stages"][label] = {**_similarity(original, maps), "layers": paths}
+            maps, signed = _explain(explainer, work, x, tgt)
+            label = _stage_label(stage)
+            result["stages"][label] = {**_similarity(original, maps, original_signed, signed), "layers": paths}
             result["order"].append(label)
+            for name, fn in controls.items():  # weight-insensitive controls through the same cascade
+                c_maps, c_signed = _explain(fn, work, x, tgt)
+                c_orig, c_orig_signed = control_original[name]
+                result["controls"][name][label] = _similarity(c_orig, c_maps, c_orig_signed, c_signed)
     finally:
         if not cloned:
             model.set_weights(snapshot)
     result["max_similarity"] = _aggregate(result, max)
     last = result["stages"][result["order"][-1]]
-    result["final_similarity"] = {k: last[k].mean for k in ("spearman", "ssim")}
+    result["final_similarity"] = {k: last[k].mean for k in SIMILARITIES}
+    result["gate_stage"] = result["order"][gate_index]
+    result["n_head_stages"] = n_head
+    judged = result["order"][gate_index:]
+    result["gate_similarity"] = {k: max(result["stages"][s][k].mean for s in judged) for k in SIMILARITIES}
+    result["control_gate_similarity"] = {
+        name: {k: max(per_stage[s][k].mean for s in judged) for k in SIMILARITIES}
+        for name, per_stage in result["controls"].items()}
     return result
 
 
 def _aggregate(result: dict[str, Any], pick: Callable) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for key in ("spearman", "ssim"):
+    for key in SIMILARITIES:
         label = pick(result["order"], key=lambda s: result["stages"][s][key].mean)
         out[key] = result["stages"][label][key].mean
         out[f"{key}_stage"] = label
@@ -219,32 +326,41 @@ def _aggregate(result: dict[str, Any], pick: Callable) -> dict[str, Any]:
 
 
 def cascading_randomization(model: Any, explainer: Explainer, images: np.ndarray, targets: np.ndarray, *,
-                            n_stages: int | None = None, seed: int = 0,
-                            original_maps: np.ndarray | None = None) -> dict[str, Any]:
+                            n_stages: int | None = None, seed: int = 0, original_maps: np.ndarray | None = None,
+                            control_explainers: dict[str, Explainer] | None = None,
+                            gate_fraction: float = 0.5) -> dict[str, Any]:
     """Re-initialise a clone's weights cumulatively from the head down, comparing maps at each stage.
 
-    Maps are always explained for the ORIGINAL ``targets``. Default stages: the top four units (head
-    layer, last blocks) one by one, then everything below as a last stage. Returns ``{"mode", "cloned",
-    "order": [stage names], "stages": {name: {"spearman", "ssim": MetricResult (lower better),
-    "layers": [paths]}}, "max_similarity": {"spearman", "ssim", "spearman_stage", "ssim_stage"},
-    "final_similarity": {"spearman", "ssim"}}``; a stage is named by the last unit it re-initialised.
+    Maps are always explained for the ORIGINAL ``targets``. Default stages: each head unit, then the
+    backbone's stages (``backbone_stages``); ``n_stages=k`` instead takes the top ``k-1`` units one by one
+    and everything below as a last stage. Similarities per stage: ``spearman`` (of |maps|),
+    ``spearman_signed``, ``ssim`` and ``hog`` (MetricResults, lower better). The check is judged at
+    ``gate_stage`` (head + the top ``gate_fraction`` of backbone stages): ``gate_similarity`` is the
+    highest mean similarity at that stage or any later one, so a map that only changes once the whole
+    network is random fails. ``control_explainers`` (e.g. an edge map, which ignores the weights) run
+    through the same cascade: ``controls`` / ``control_gate_similarity`` show the test's power.
+
+    Returns ``{"mode", "cloned", "order", "stages": {name: {<similarities>, "layers"}}, "controls",
+    "max_similarity", "final_similarity", "gate_stage", "gate_similarity", "control_gate_similarity",
+    "n_head_stages"}``.
     """
     return _run(model, explainer, images, targets, n_stages=n_stages, seed=seed, original_maps=original_maps,
-                cascading=True)
+                cascading=True, control_explainers=control_explainers, gate_fraction=gate_fraction)
 
 
 def independent_randomization(model: Any, explainer: Explainer, images: np.ndarray, targets: np.ndarray, *,
                               n_stages: int | None = None, seed: int = 0,
-                              original_maps: np.ndarray | None = None) -> dict[str, Any]:
+                              original_maps: np.ndarray | None = None,
+                              control_explainers: dict[str, Explainer] | None = None) -> dict[str, Any]:
     """Like :func:`cascading_randomization`, but each stage re-initialises only its own units."""
     return _run(model, explainer, images, targets, n_stages=n_stages, seed=seed, original_maps=original_maps,
-                cascading=False)
+                cascading=False, control_explainers=control_explainers)
 
 
 def passes_sanity(result: dict[str, Any], max_similarity: float = 0.5, *, metric: str = "spearman",
                   which: str = "max") -> bool:
-    """True when the maps changed enough: the (max or final) mean similarity is at most the threshold."""
-    if which not in ("max", "final"):
-        raise AlzAuditError(f"passes_sanity: which must be 'max' or 'final', got {which!r}")
+    """True when the maps changed enough: the (max, final or gate) mean similarity is at most the threshold."""
+    if which not in ("max", "final", "gate"):
+        raise AlzAuditError(f"passes_sanity: which must be 'max', 'final' or 'gate', got {which!r}")
     value = result[f"{which}_similarity"][metric]
     return value is not None and value <= max_similarity

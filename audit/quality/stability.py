@@ -26,7 +26,8 @@ def sigma_key(sigma: float) -> str:
 def stability(model: Any, explainer: Explainer, images: np.ndarray, *, sigmas: Sequence[float] = (0.02, 0.05),
               draws: int = 5, seed: int = 0, targets: np.ndarray | None = None,
               clean_maps: np.ndarray | None = None, predict_fn: Callable[[np.ndarray], np.ndarray] | None = None,
-              intensity_range: float = 255.0, batch_size: int = 64) -> dict[str, Any]:
+              intensity_range: float = 255.0, batch_size: int = 64,
+              control_explainers: dict[str, Callable[[np.ndarray], np.ndarray]] | None = None) -> dict[str, Any]:
     """SSIM between the map of each clean image and of ``draws`` noisy copies, per noise level.
 
     Gaussian noise with std ``sigma * intensity_range`` is added to the raw input and clipped to
@@ -38,6 +39,12 @@ def stability(model: Any, explainer: Explainer, images: np.ndarray, *, sigmas: S
     "examples": {σ: {...}}}`` keyed by ``sigma_key(σ)``. Per-sample values average over the draws.
     Each example holds ``index, draw, sigma, image, noisy_image, clean_map, noisy_map, ssim, flipped``
     (2-D arrays, for the report) for the image whose SSIM is closest to the median.
+
+    ``control_explainers`` (``{name: f(images) -> maps}``, maps computed from the pixels alone, e.g.
+    ``audit.quality.controls.image_only_explainers``) are scored on the same clean/noisy pairs:
+    ``"controls": {σ: {name: MetricResult}}``. An edge map shows how much of the noise a purely
+    image-derived map picks up; an input-independent map (centre prior) is perfectly stable, which is
+    why stability is judged on its value, not on skill over the controls.
     """
     x = as_images(images)
     if len(x) == 0:
@@ -69,13 +76,22 @@ def stability(model: Any, explainer: Explainer, images: np.ndarray, *, sigmas: S
     noisy = noisy.reshape((n_s, draws) + x.shape)
 
     cites = [CITES["arun2021"], CITES["wang2004"]]
-    out: dict[str, Any] = {"sigmas": [float(s) for s in sigmas], "ssim": {}, "flip_rate": {}, "examples": {}}
+    control_ssim = {}
+    for name, fn in (control_explainers or {}).items():
+        c_clean = normalize_maps(fn(x))
+        c_noisy = normalize_maps(fn(noisy.reshape((-1,) + x.shape[1:]))).reshape(n_s, draws, n, h, w)
+        control_ssim[name] = ssim_pairs(np.broadcast_to(c_clean, c_noisy.shape).reshape(-1, h, w),
+                                        c_noisy.reshape(-1, h, w)).reshape(n_s, draws, n)
+    out: dict[str, Any] = {"sigmas": [float(s) for s in sigmas], "ssim": {}, "flip_rate": {}, "examples": {},
+                           "controls": {}}
     for i, s in enumerate(sigmas):
         key = sigma_key(s)
         per_image = ssim[i].mean(axis=0)
         out["ssim"][key] = MetricResult(f"stability_ssim_sigma{key}", per_image, True, cites)
         out["flip_rate"][key] = MetricResult(f"stability_flip_rate_sigma{key}", flips[i].mean(axis=0), False,
                                              [CITES["arun2021"]])
+        out["controls"][key] = {name: MetricResult(f"stability_ssim_sigma{key}_{name}", c[i].mean(axis=0), True, cites)
+                                for name, c in control_ssim.items()}
         j = int(np.argmin(np.abs(per_image - np.median(per_image))))
         out["examples"][key] = {
             "index": j, "draw": 0, "sigma": float(s),
