@@ -37,6 +37,8 @@ class AuditConfig:
     faithfulness_images: int = 64
     faithfulness_steps: int = 20
     randomization_images: int = 32
+    randomization_gate_fraction: float = 0.5   # judge the cascade once head + this share of backbone stages are random
+    min_mask_share: float = 0.01     # localisation: masks covering less of the brain than this are not evaluated
     gallery_per_class: int = 2
     layer: str | None = None
     heatmap_sample: int = 32
@@ -134,6 +136,27 @@ class AuditRun:
     @cached_property
     def labels(self) -> np.ndarray:
         return np.array(self.split.label_indices())
+
+    @cached_property
+    def subjects(self) -> list:
+        """Subject ID per image of the split (None where unknown): the bootstrap's resampling unit."""
+        return [s.subject_id for s in self.split.samples]
+
+    def control_maps(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+        """Control maps (random smooth, brain-uniform, edge, centre) for images ``idx``; see quality.controls."""
+        from audit.quality.controls import control_maps
+
+        brain = self.brain_masks[idx] if self.brain_masks is not None else None
+        return control_maps(self.inputs[idx], brain_masks=brain, seed=self.config.seed, keys=idx)
+
+    def compare(self, value, controls: dict, idx: np.ndarray, *, higher_is_better: bool) -> dict:
+        """Model vs controls on images ``idx``: skill over the best control with a subject bootstrap CI."""
+        from audit.quality.skill import compare_to_controls
+
+        per_sample = lambda r: getattr(r, "per_sample", r)  # noqa: E731 - MetricResult or array
+        return compare_to_controls(per_sample(value), {k: per_sample(v) for k, v in controls.items()},
+                                   higher_is_better=higher_is_better, subjects=[self.subjects[i] for i in idx],
+                                   seed=self.config.seed)
 
     def _cache_path(self, name: str, *extra) -> Path:
         key = hashlib.sha256("|".join(map(str, (self.model_sha256, self.manifest.content_hash(),
@@ -247,39 +270,63 @@ class AuditRun:
 
     @cached_property
     def agreement(self) -> dict:
+        """Grad-CAM vs IG, beside each control map vs IG: a map that merely follows the brain or its
+        edges agrees with IG too, so only the margin over the best control says the methods concur."""
         from audit.quality.agreement import agreement
 
-        return agreement(self._gradcam_for(self.ig_indices), self.ig.heatmaps)
+        idx = self.ig_indices
+        control_maps = self.control_maps(idx)
+        brain = control_maps["brain_uniform"]  # correlate inside the brain: brain-vs-background is trivial
+        result = dict(agreement(self._gradcam_for(idx), self.ig.heatmaps, region=brain))
+        controls = {name: agreement(maps, self.ig.heatmaps, region=brain) for name, maps in control_maps.items()}
+        result["controls"] = controls
+        result["comparisons"] = {"spearman": self.compare(result["spearman"], {k: v["spearman"] for k, v in
+                                                                                controls.items()}, idx,
+                                                          higher_is_better=True)}
+        return result
 
     @cached_property
     def stability(self) -> dict:
+        from audit.quality.controls import image_only_explainers
         from audit.quality.stability import stability
 
         idx = self._sample(self.config.stability_images, 2)
-        return self._timed("stability", lambda: stability(
+        result = self._timed("stability", lambda: stability(
             self.model, self.explainer, self.inputs[idx], sigmas=self.config.sigmas,
             draws=self.config.stability_draws, seed=self.config.seed, targets=self.model_targets[idx],
             clean_maps=self._gradcam_for(idx), predict_fn=self.predict_fn,
-            intensity_range=self.contract.input_scale, batch_size=max(self.config.batch_size, 64)))
+            intensity_range=self.contract.input_scale, batch_size=max(self.config.batch_size, 64),
+            control_explainers=image_only_explainers(self.config.seed)))
+        result["comparisons"] = {key: self.compare(ssim, result["controls"][key], idx, higher_is_better=True)
+                                 for key, ssim in result["ssim"].items()}
+        return result
 
     @cached_property
     def faithfulness(self) -> dict:
         from audit.quality.faithfulness import faithfulness
 
         idx = self._sample(self.config.faithfulness_images, 3)
-        return self._timed("faithfulness", lambda: faithfulness(
+        result = self._timed("faithfulness", lambda: faithfulness(
             self.predict_fn, self.inputs[idx], self._gradcam_for(idx), self.model_targets[idx],
             steps=self.config.faithfulness_steps, seed=self.config.seed,
-            batch_size=max(self.config.batch_size, 64)))
+            batch_size=max(self.config.batch_size, 64), control_maps=self.control_maps(idx)))
+        controls = result["controls"]
+        result["comparisons"] = {
+            curve: self.compare(result[curve], {k: v[curve] for k, v in controls.items()}, idx,
+                                higher_is_better=curve == "insertion_auc")
+            for curve in ("deletion_auc", "insertion_auc")}
+        return result
 
     @cached_property
     def randomization(self) -> dict:
+        from audit.quality.controls import edge_maps
         from audit.quality.randomization import cascading_randomization
 
         idx = self._sample(self.config.randomization_images, 4)
         return self._timed("randomization", lambda: cascading_randomization(
             self.model, self.explainer, self.inputs[idx], self.model_targets[idx], seed=self.config.seed,
-            original_maps=self._gradcam_for(idx)))
+            original_maps=self._gradcam_for(idx), control_explainers={"edge": lambda _m, x, _t: edge_maps(x)},
+            gate_fraction=self.config.randomization_gate_fraction))
 
     @cached_property
     def masks(self) -> np.ndarray | None:
@@ -295,15 +342,61 @@ class AuditRun:
 
     @cached_property
     def localization(self) -> dict | None:
-        """Against the atrophy masks, for the images explained by Grad-CAM; None without masks."""
+        """Against the atrophy masks, beside the control maps; None without masks.
+
+        Pointing at the evidence is asked only of correctly classified images whose mask covers at least
+        ``min_mask_share`` of the brain (a wrong prediction has no reason to point at the atrophy, and a
+        few-pixel mask makes every figure noise). The outside-brain mass is taken over every explained image.
+        """
         from audit.quality.localization import localization
 
         if self.masks is None and self.brain_masks is None:
             return None
         idx = self.gradcam_indices
-        masks = self.masks[idx] if self.masks is not None else np.zeros((len(idx), *self.images.shape[1:]), bool)
+        shape = (len(idx), *self.images.shape[1:])
+        masks = self.masks[idx] if self.masks is not None else np.zeros(shape, bool)
         brain = self.brain_masks[idx] if self.brain_masks is not None else None
-        return localization(self.gradcam_maps, masks, brain_masks=brain)
+        maps, controls = self.gradcam_maps, self.control_maps(idx)
+        result = localization(maps, np.zeros(shape, bool), brain_masks=brain)  # outside-brain over all images
+
+        pixels = shape[1] * shape[2]
+        brain_area = (brain if brain is not None else controls["brain_uniform"] > 0).reshape(len(idx), pixels).sum(axis=1)
+        mask_area = (masks > 0.5).reshape(len(idx), pixels).sum(axis=1)
+        correct = self.predicted[idx] == self.labels[idx]
+        nontrivial = (mask_area >= self.config.min_mask_share * np.maximum(brain_area, 1)) & (mask_area > 0)
+        chosen = np.flatnonzero(correct & nontrivial)
+        fallback = None
+        if len({self.subjects[i] for i in idx[chosen]}) < 2 or len(chosen) < 10:
+            # A model that gets (almost) nothing right cannot be excused from pointing at the evidence.
+            fallback = (f"only {len(chosen)} correctly classified slice(s) with a non-trivial mask: every slice "
+                        "with a non-trivial mask was evaluated instead")
+            chosen = np.flatnonzero(nontrivial)
+        inside = localization(maps[chosen], masks[chosen])
+        result.update({k: inside[k] for k in ("energy_pointing", "pointing_game", "auprc", "auprc_chance",
+                                              "n_evaluated")})
+        result["indices"] = [int(i) for i in idx[chosen]]
+        result["n_excluded_empty_mask"] = int((mask_area == 0).sum())
+        result["selection"] = {"n_explained": int(len(idx)), "n_correct": int(correct.sum()),
+                               "n_nontrivial_mask": int(nontrivial.sum()), "n_evaluated": int(len(chosen)),
+                               "min_mask_share": self.config.min_mask_share, "fallback": fallback}
+        control_results = {}
+        for name, cmaps in controls.items():
+            c_all = localization(cmaps, np.zeros(shape, bool), brain_masks=brain)
+            c_in = localization(cmaps[chosen], masks[chosen])
+            control_results[name] = {"energy_pointing": c_in["energy_pointing"], "auprc": c_in["auprc"],
+                                     "outside_brain": c_all.get("outside_brain")}
+        result["controls"] = control_results
+        comparisons = {}
+        for key, higher in (("energy_pointing", True), ("auprc", True)):
+            comparisons[key] = self.compare(result[key], {k: v[key] for k, v in control_results.items()},
+                                            idx[chosen], higher_is_better=higher)
+        if result.get("outside_brain") is not None:
+            has_brain = brain.reshape(len(idx), pixels).any(axis=1)
+            comparisons["outside_brain"] = self.compare(
+                result["outside_brain"], {k: v["outside_brain"] for k, v in control_results.items()},
+                idx[has_brain], higher_is_better=False)
+        result["comparisons"] = comparisons
+        return result
 
     @cached_property
     def convergence(self):
@@ -368,7 +461,8 @@ def figures_section(run: AuditRun, *, compute: bool = False) -> dict:
     figures = {
         "performance": safely("performance", lambda: to_jsonable(run.performance)),
         "agreement": safely("agreement", lambda: {"between": ["gradcam", "integrated_gradients"],
-                                                   **{k: _summary(v) for k, v in run.agreement.items()}}),
+                                                   **{k: _summary(v) for k, v in run.agreement.items()
+                                                      if k not in ("controls", "comparisons")}}),
         "stability": safely("stability", lambda: _stability_section(run)),
         "faithfulness": safely("faithfulness", lambda: _faithfulness_section(run.faithfulness)),
         "randomization": safely("randomization", lambda: _randomization_section(run.randomization)),
@@ -377,7 +471,43 @@ def figures_section(run: AuditRun, *, compute: bool = False) -> dict:
                                                       "steps": run.config.ig_steps}),
         "leakage": safely("leakage", lambda: _leakage_section(run.leakage)),
     }
+    figures["controls"] = _controls_section(run, have)
     return figures
+
+
+# figure key in audit.json's "controls" block -> (runner property, path to its comparison)
+_COMPARISONS = {
+    "localization_energy": ("localization", ("energy_pointing",)),
+    "localization_auprc": ("localization", ("auprc",)),
+    "outside_brain_mass": ("localization", ("outside_brain",)),
+    "deletion_auc": ("faithfulness", ("deletion_auc",)),
+    "insertion_auc": ("faithfulness", ("insertion_auc",)),
+    "agreement_spearman": ("agreement", ("spearman",)),
+}
+
+
+def _controls_section(run: AuditRun, have) -> dict | None:
+    """Every figure beside its control maps: ``{figure: comparison}`` (audit.quality.skill), for the report.
+
+    Only figures the run computed appear (the gate computes what its checks ask for)."""
+    out: dict = {}
+    for key, (prop, path) in _COMPARISONS.items():
+        if not have(prop) or prop in run.errors:
+            continue
+        try:
+            result = getattr(run, prop)
+        except Exception:  # noqa: BLE001 - its own check records the error
+            continue
+        comparison = (result or {}).get("comparisons", {}).get(path[0]) if isinstance(result, dict) else None
+        if comparison is not None:
+            out[key] = to_jsonable(comparison)
+    if have("stability") and "stability" not in run.errors:
+        try:
+            for sigma, comparison in run.stability.get("comparisons", {}).items():
+                out[f"stability_ssim_{sigma}"] = to_jsonable(comparison)
+        except Exception:  # noqa: BLE001
+            pass
+    return out or None
 
 
 def _stability_section(run: AuditRun) -> dict:
@@ -411,26 +541,36 @@ def _faithfulness_section(result: dict) -> dict:
             "deletion_gain": _summary(result["deletion_gain"]), "insertion_gain": _summary(result["insertion_gain"]),
             "curves": {"fraction": curves.get("fraction"), "deletion": curves.get("deletion"),
                        "insertion": curves.get("insertion"), "random_deletion": curves.get("deletion_random"),
-                       "random_insertion": curves.get("insertion_random")} if curves else None}
+                       "random_insertion": curves.get("insertion_random"),
+                       "controls": curves.get("controls")} if curves else None}
 
 
 def randomization_similarity(result: dict) -> float | None:
-    """The sanity check's figure: mean Spearman |map| similarity once the cascade has re-initialised
-    every stage (Adebayo et al.'s full cascade). The per-stage curve goes into the report: the head-only
-    stage stays fairly similar for any CAM method, since the activations themselves are unchanged."""
-    final = result.get("final_similarity", {}).get("spearman")
-    return None if final is None else float(final)
+    """The sanity check's figure: the highest mean Spearman |map| similarity at the gate stage (head + the
+    top half of the backbone's stages re-initialised) or any later one. After the *whole* cascade any
+    gradient method scores ≈ 0.1, so judging there could never fail; at the gate stage an explanation
+    that ignores the learned weights (an edge map: ≈ 1.0) still fails."""
+    gate = result.get("gate_similarity", {}).get("spearman")
+    return None if gate is None else float(gate)
 
 
 def _randomization_section(result: dict) -> dict:
+    from audit.quality.randomization import SIMILARITIES
+
     stages = []
     for name in result.get("order", []):
         stage = result["stages"][name]
-        stages.append({"layer": name, "spearman": (_summary(stage["spearman"]) or {}).get("mean"),
-                       "ssim": (_summary(stage["ssim"]) or {}).get("mean")})
+        row = {"layer": name, **{k: (_summary(stage[k]) or {}).get("mean") for k in SIMILARITIES if k in stage}}
+        row["controls"] = {c: {k: (_summary(v[name][k]) or {}).get("mean") for k in SIMILARITIES}
+                           for c, v in (result.get("controls") or {}).items() if name in v}
+        stages.append(row)
     best = result.get("max_similarity", {}).get("spearman")
+    final = result.get("final_similarity", {}).get("spearman")
     return {"stages": stages, "max_similarity": None if best is None else float(best),
-            "final_similarity": randomization_similarity(result), "passed": None}
+            "final_similarity": None if final is None else float(final),
+            "gate_stage": result.get("gate_stage"), "gate_similarity": randomization_similarity(result),
+            "gate_similarities": to_jsonable(result.get("gate_similarity")),
+            "control_gate_similarity": to_jsonable(result.get("control_gate_similarity")), "passed": None}
 
 
 def _localization_section(result: dict | None) -> dict | None:

@@ -29,22 +29,30 @@ CATALOG: dict[str, tuple[str, str, str, list[str]]] = {
     "data.class_coverage": ("Class coverage", "data", "stages present in the evaluated split", [WEN]),
     "data.unreadable_fraction": ("Unreadable files", "data", "share of files skipped as corrupt or not images", []),
     "explanations.agreement_spearman": ("Grad-CAM / IG agreement", "explanations",
-                                        "mean Spearman correlation of the two maps on a 28x28 grid; low = the "
-                                        "methods disagree on the evidence", [SELVARAJU, SUNDARARAJAN]),
-    "explanations.faithfulness_deletion_gain": ("Faithfulness (deletion gain)", "explanations",
-                                                "how much faster the class probability drops when pixels are "
-                                                "removed in Grad-CAM order than in random order", [PETSIUK]),
+                                        "Spearman correlation of the Grad-CAM and IG maps inside the brain "
+                                        "(28x28 grid), beside what each control map scores against IG; low = the "
+                                        "methods disagree on the evidence", [SELVARAJU, SUNDARARAJAN, ADEBAYO]),
+    "explanations.faithfulness_deletion_gain": ("Faithfulness (deletion)", "explanations",
+                                                "how fast the class probability drops when pixels are removed in "
+                                                "Grad-CAM order, against the same curve in each control map's order",
+                                                [PETSIUK]),
+    "explanations.faithfulness_insertion_gain": ("Faithfulness (insertion)", "explanations",
+                                                 "how fast the class probability rises when pixels are revealed "
+                                                 "in Grad-CAM order, against each control map's order", [PETSIUK]),
     "explanations.randomization_max_similarity": ("Randomization sanity check", "explanations",
-                                                  "similarity of maps after re-initialising the model from the "
-                                                  "head down: high = the maps do not depend on what it learned",
-                                                  [ADEBAYO]),
+                                                  "highest similarity of Grad-CAM maps to the trained model's once "
+                                                  "the head and the top half of the backbone's stages are "
+                                                  "re-initialised: high = the maps do not depend on what it learned "
+                                                  "(an edge map scores 1.0)", [ADEBAYO]),
     "explanations.ig_completeness_error": ("IG convergence", "explanations",
                                            "median relative completeness error of Integrated Gradients",
                                            [SUNDARARAJAN]),
     "explanations.localization_energy": ("Localization (energy pointing game)", "explanations",
-                                         "share of Grad-CAM mass inside the ground-truth atrophy masks", [WANG, ARUN]),
+                                         "share of Grad-CAM mass inside the ground-truth atrophy masks, beside a "
+                                         "random, brain-uniform, edge and centre-prior map", [WANG, ARUN]),
     "explanations.localization_auprc": ("Localization (AUPRC)", "explanations",
-                                        "precision-recall of the map against the masks", [ARUN]),
+                                        "precision-recall of the map against the masks, beside the control maps",
+                                        [ARUN]),
     "explanations.outside_brain_mass": ("Map mass outside the brain", "explanations",
                                          "share of Grad-CAM mass outside the brain: a shortcut signal", [ARUN]),
     "stability.ssim": ("Stability under noise (SSIM)", "stability",

@@ -23,23 +23,53 @@ class Gate:
     thresholds: Thresholds
     checks: dict[str, dict] = field(default_factory=dict)
 
-    def check(self, check_id: str, value, *, detail: str = "") -> None:
-        """Record a verdict for ``value``; fail the calling test when a fail-severity rule is missed."""
+    def check(self, check_id: str, value, *, detail: str = "", comparison: dict | None = None) -> None:
+        """Record a verdict for ``value``; fail the calling test when a fail-severity rule is missed.
+
+        ``comparison`` (from ``audit.quality.skill.compare_to_controls``) is the figure beside its control
+        maps; it is stored with the check, and a ``skill_min`` rule judges its lower CI bound.
+        """
         title, group, meaning, cites = describe(check_id)
         rule = self.thresholds.rule(check_id)
         if rule is None:
             pytest.skip(f"{check_id}: no threshold configured")
+        if rule.basis == "skill":
+            self._check_skill(check_id, rule, comparison, detail, (title, group, meaning, cites))
+            return
         number = None if value is None else float(value)
         if number is None or math.isnan(number):
             self._record(check_id, title, group, None, rule, "ERROR",
-                         f"{meaning}; the figure could not be computed{': ' + detail if detail else ''}", cites)
+                         f"{meaning}; the figure could not be computed{': ' + detail if detail else ''}", cites,
+                         comparison)
             pytest.fail(f"{check_id}: figure not computed ({detail or 'no value'})", pytrace=False)
         passed = rule.passes(number)
         status = "PASS" if passed else ("WARN" if rule.severity == "warn" else "FAIL")
         relation = ">=" if rule.direction == "min" else "<="
         message = (f"{check_id} = {number:.4g}, needs {relation} {rule.threshold:g}: {meaning}"
-                   + (f" ({detail})" if detail else ""))
-        self._record(check_id, title, group, number, rule, status, message, cites)
+                   + (f" ({detail})" if detail else "") + _controls_note(comparison))
+        self._record(check_id, title, group, number, rule, status, message, cites, comparison)
+        self._raise(status, message)
+
+    def _check_skill(self, check_id, rule, comparison, detail, described) -> None:
+        title, group, meaning, cites = described
+        lower = None if comparison is None else (comparison.get("skill_ci") or [None])[0]
+        if lower is None or math.isnan(float(lower)):
+            why = ("no controls were computed" if comparison is None else
+                   f"skill is not estimable on {comparison.get('n_units', 0)} {comparison.get('ci_unit', 'unit')}(s)")
+            self._record(check_id, title, group, None, rule, "ERROR", f"{meaning}; {why}"
+                         + (f" ({detail})" if detail else ""), cites, comparison)
+            pytest.fail(f"{check_id}: {why}", pytrace=False)
+        lo, hi = comparison["skill_ci"]
+        status = "PASS" if lower >= rule.threshold else ("WARN" if rule.severity == "warn" else "FAIL")
+        message = (f"{check_id}: skill over the best control ({comparison['best_control']}) = "
+                   f"{comparison['skill']:+.3f} [95% CI {lo:+.3f} to {hi:+.3f}, by {comparison['ci_unit']}, "
+                   f"n={comparison['n_units']}], needs lower bound >= {rule.threshold:g}: {meaning}"
+                   + (f" ({detail})" if detail else "") + _controls_note(comparison))
+        self._record(check_id, title, group, float(comparison["skill"]), rule, status, message, cites, comparison)
+        self._raise(status, message)
+
+    @staticmethod
+    def _raise(status: str, message: str) -> None:
         if status == "WARN":
             warnings.warn(GateWarning(message))
         elif status == "FAIL":
@@ -53,12 +83,14 @@ class Gate:
         self._record(check_id, title, group, None, self.thresholds.rule(check_id), "ERROR",
                      f"{meaning}; error: {' '.join(message.split())[:400]}", cites)
 
-    def _record(self, check_id, title, group, value, rule, status, message, cites) -> None:
+    def _record(self, check_id, title, group, value, rule, status, message, cites, comparison=None) -> None:
         self.checks[check_id] = {
             "id": check_id, "title": title, "group": group, "value": value,
             "threshold": rule.threshold if rule else None, "direction": rule.direction if rule else None,
             "severity": rule.severity if rule else "fail", "status": status, "message": message,
-            "cites": list(cites)}
+            "cites": list(cites), "basis": rule.basis if rule else "value"}
+        if comparison is not None:
+            self.checks[check_id]["comparison"] = comparison
 
     def verdict(self) -> str:
         statuses = {c["status"] for c in self.checks.values()}
@@ -67,6 +99,16 @@ class Gate:
 
     def ordered(self) -> list[dict]:
         return sorted(self.checks.values(), key=lambda c: (STATUS_ORDER[c["status"]], c["id"]))
+
+
+def _controls_note(comparison: dict | None) -> str:
+    """'; controls: random 0.21, edge 0.30 (best)' — the figure's context, in every message."""
+    if not comparison or not comparison.get("controls"):
+        return ""
+    parts = [f"{name} {value:.3g}" + (" (best)" if name == comparison.get("best_control") else "")
+             for name, value in comparison["controls"].items() if value is not None]
+    return f"; model {comparison['value']:.3g}, controls: " + ", ".join(parts) if parts and comparison.get(
+        "value") is not None else ""
 
 
 def write_audit(path: Path, gate: Gate, sections: dict) -> Path:

@@ -1,4 +1,8 @@
-"""Explanation checks: agreement, faithfulness, randomization sanity, IG convergence, localization."""
+"""Explanation checks: agreement, faithfulness, randomization sanity, IG convergence, localization.
+
+Every figure is computed beside control maps on the same images (random smooth, uniform over the brain,
+edge, centre prior); a ``skill_min`` rule judges the lower CI bound of the margin over the best one.
+"""
 import numpy as np
 import pytest
 
@@ -8,21 +12,32 @@ from audit.runner import randomization_similarity
 @pytest.mark.check("explanations.agreement_spearman")
 def test_gradcam_and_ig_agree(gate, run):
     summary = run.agreement["spearman"].summary
-    gate.check("explanations.agreement_spearman", summary["mean"], detail=f"{summary['n']} images")
+    gate.check("explanations.agreement_spearman", summary["mean"], detail=f"{summary['n']} images",
+               comparison=run.agreement["comparisons"]["spearman"])
 
 
 @pytest.mark.check("explanations.faithfulness_deletion_gain")
 def test_gradcam_is_faithful(gate, run):
     gain = run.faithfulness["deletion_gain"].summary
-    gate.check("explanations.faithfulness_deletion_gain", gain["mean"], detail=f"{gain['n']} images")
+    gate.check("explanations.faithfulness_deletion_gain", gain["mean"], detail=f"deletion AUC, {gain['n']} images",
+               comparison=run.faithfulness["comparisons"]["deletion_auc"])
+
+
+@pytest.mark.check("explanations.faithfulness_insertion_gain")
+def test_gradcam_is_faithful_on_insertion(gate, run):
+    gain = run.faithfulness["insertion_gain"].summary
+    gate.check("explanations.faithfulness_insertion_gain", gain["mean"],
+               detail=f"insertion AUC, {gain['n']} images", comparison=run.faithfulness["comparisons"]["insertion_auc"])
 
 
 @pytest.mark.check("explanations.randomization_max_similarity")
 def test_maps_depend_on_the_learned_weights(gate, run):
     result = run.randomization
+    edge = (result.get("control_gate_similarity") or {}).get("edge", {}).get("spearman")
     gate.check("explanations.randomization_max_similarity", randomization_similarity(result),
-               detail=f"{len(result.get('order', []))} stages; highest at stage "
-                      f"{result.get('max_similarity', {}).get('spearman_stage')}")
+               detail=f"highest mean |Spearman| from stage {result.get('gate_stage')} on, of "
+                      f"{len(result.get('order', []))} stages; the edge-map control scores "
+                      + ("n/a" if edge is None else f"{edge:.2f}"))
 
 
 @pytest.mark.check("explanations.ig_completeness_error")
@@ -39,17 +54,27 @@ def _localization(run):
     return result
 
 
+def _selection(result) -> str:
+    sel = result["selection"]
+    if sel.get("fallback"):
+        return f"{sel['n_evaluated']} of {sel['n_explained']} images; {sel['fallback']}"
+    return (f"{sel['n_evaluated']} of {sel['n_explained']} images: correctly classified "
+            f"({sel['n_correct']}) with a mask covering >= {sel['min_mask_share']:.0%} of the brain "
+            f"({sel['n_nontrivial_mask']})")
+
+
 @pytest.mark.check("explanations.localization_energy")
 def test_maps_point_at_the_atrophy(gate, run):
     result = _localization(run)
-    summary = result["energy_pointing"].summary
-    gate.check("explanations.localization_energy", summary["mean"], detail=f"{summary['n']} images with masks")
+    gate.check("explanations.localization_energy", result["energy_pointing"].summary["mean"],
+               detail=_selection(result), comparison=result["comparisons"]["energy_pointing"])
 
 
 @pytest.mark.check("explanations.localization_auprc")
 def test_maps_rank_the_atrophy_first(gate, run):
     result = _localization(run)
-    gate.check("explanations.localization_auprc", result["auprc"].summary["mean"])
+    gate.check("explanations.localization_auprc", result["auprc"].summary["mean"], detail=_selection(result),
+               comparison=result["comparisons"]["auprc"])
 
 
 @pytest.mark.check("explanations.outside_brain_mass")
@@ -57,4 +82,5 @@ def test_maps_stay_inside_the_brain(gate, run):
     result = run.localization
     if result is None or result.get("outside_brain") is None:
         pytest.skip("no brain masks in this dataset: outside-brain mass not applicable")
-    gate.check("explanations.outside_brain_mass", result["outside_brain"].summary["mean"])
+    gate.check("explanations.outside_brain_mass", result["outside_brain"].summary["mean"],
+               comparison=result["comparisons"].get("outside_brain"))

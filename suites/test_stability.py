@@ -10,7 +10,8 @@ def test_maps_are_stable_under_noise(gate, run, sigma):
 
     summary = run.stability["ssim"][sigma_key(sigma)].summary
     gate.check(f"stability.ssim.{sigma_id(sigma)}", summary["mean"],
-               detail=f"{summary['n']} images x {run.config.stability_draws} draws")
+               detail=f"{summary['n']} images x {run.config.stability_draws} draws",
+               comparison=run.stability["comparisons"][sigma_key(sigma)])
 
 
 @pytest.mark.check("stability.max_flip_rate")

@@ -19,6 +19,7 @@ SCHEMA: dict[str, dict[str, object]] = {
     "performance": {k: "rule" for k in ("accuracy", "balanced_accuracy", "macro_f1", "per_class_recall", "ece")},
     "data": {k: "rule" for k in ("leakage_rate", "subject_overlap", "class_coverage", "unreadable_fraction")},
     "explanations": {k: "rule" for k in ("agreement_spearman", "faithfulness_deletion_gain",
+                                         "faithfulness_insertion_gain",
                                          "randomization_max_similarity", "ig_completeness_error",
                                          "localization_energy", "localization_auprc", "outside_brain_mass")},
     "stability": {"ssim": "by_sigma", "max_flip_rate": "rule"},
@@ -27,8 +28,16 @@ SCHEMA: dict[str, dict[str, object]] = {
                                   "changed_verdicts")},
     "audit": {"gradcam_images": int, "ig_images": int, "ig_steps": int, "stability_images": int,
               "stability_draws": int, "faithfulness_images": int, "faithfulness_steps": int,
-              "randomization_images": int, "gallery_per_class": int, "batch_size": int},
+              "randomization_images": int, "gallery_per_class": int, "batch_size": int,
+              "randomization_gate_fraction": float, "min_mask_share": float},
 }
+
+
+# Checks whose figure is also computed for the control maps, so a rule may judge skill over them.
+SKILL_CHECKS = frozenset({
+    "explanations.agreement_spearman", "explanations.faithfulness_deletion_gain",
+    "explanations.faithfulness_insertion_gain", "explanations.localization_energy",
+    "explanations.localization_auprc", "explanations.outside_brain_mass", "stability.ssim"})
 
 
 def sigma_id(sigma) -> str:
@@ -38,9 +47,13 @@ def sigma_id(sigma) -> str:
 
 @dataclass(frozen=True)
 class Rule:
+    """One threshold. ``basis="value"`` judges the figure itself; ``basis="skill"`` (``{ skill_min = X }``)
+    judges the lower 95% bound of the figure's skill over the best control map (audit.quality.skill)."""
+
     threshold: float
     direction: str      # "min" | "max"
     severity: str       # "fail" | "warn"
+    basis: str = "value"  # "value" | "skill"
 
     def passes(self, value: float) -> bool:
         return value >= self.threshold if self.direction == "min" else value <= self.threshold
@@ -78,17 +91,22 @@ class Thresholds:
     def _rule(self, where: str, value) -> Rule:
         if not isinstance(value, dict):
             raise AlzAuditError(f"{self.path}: '{where}' must be a table like {{ min = 0.8 }}, got {value!r}")
-        bounds = [k for k in ("min", "max") if k in value]
-        extra = set(value) - {"min", "max", "severity"}
+        bounds = [k for k in ("min", "max", "skill_min") if k in value]
+        extra = set(value) - {"min", "max", "skill_min", "severity"}
         if len(bounds) != 1 or extra:
-            raise AlzAuditError(f"{self.path}: '{where}' needs exactly one of min/max (and optionally severity), "
-                                f"got keys {', '.join(sorted(value))}")
+            raise AlzAuditError(f"{self.path}: '{where}' needs exactly one of min/max/skill_min (and optionally "
+                                f"severity), got keys {', '.join(sorted(value))}")
+        if bounds[0] == "skill_min" and where.split(".")[0] + "." + where.split(".")[1] not in SKILL_CHECKS:
+            raise AlzAuditError(f"{self.path}: '{where}' has no controls to measure skill against; use min/max "
+                                f"(skill_min works for: {', '.join(sorted(SKILL_CHECKS))})")
         threshold = value[bounds[0]]
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
             raise AlzAuditError(f"{self.path}: '{where}.{bounds[0]}' must be a number, got {threshold!r}")
         severity = value.get("severity", "fail")
         if severity not in ("fail", "warn"):
             raise AlzAuditError(f"{self.path}: '{where}.severity' must be \"fail\" or \"warn\", got {severity!r}")
+        if bounds[0] == "skill_min":
+            return Rule(float(threshold), "min", severity, "skill")
         return Rule(float(threshold), bounds[0], severity)
 
 
@@ -113,8 +131,11 @@ def load_thresholds(path: str | Path | None = None) -> Thresholds:
                                     f"(known in [{section}]: {', '.join(SCHEMA[section])})")
             kind = SCHEMA[section][key]
             if isinstance(kind, type):
-                if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                allowed = (int, float) if kind is float else kind
+                if not isinstance(value, allowed) or (kind in (int, float) and isinstance(value, bool)):
                     raise AlzAuditError(f"{path}: '{section}.{key}' must be {kind.__name__}, got {value!r}")
+                if kind is float and not 0.0 <= value <= 1.0:
+                    raise AlzAuditError(f"{path}: '{section}.{key}' must be a share in [0, 1], got {value}")
                 if kind is int and value < 0:
                     raise AlzAuditError(f"{path}: '{section}.{key}' must be >= 0, got {value}")
             elif kind == "by_sigma":
