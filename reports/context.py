@@ -279,7 +279,14 @@ def _explanations(audit: dict[str, Any], assets: AssetReader, notes: list[str]) 
         randomization = {"passed": passed, "result": {True: "PASSED", False: "FAILED"}.get(passed, "not decided"),
                          "max_similarity": fmt(ra.get("max_similarity")),
                          "final_similarity": fmt(ra.get("final_similarity")),
-                         "stages": [[s.get("layer", "?"), fmt(s.get("spearman")), fmt(s.get("ssim"))]
+                         "gate_stage": ra.get("gate_stage") or "n/a",
+                         "gate_similarity": fmt(ra.get("gate_similarity")),
+                         "edge_similarity": fmt(((ra.get("control_gate_similarity") or {}).get("edge") or {})
+                                                .get("spearman")),
+                         "stages": [[s.get("layer", "?") + (" ◀ judged from here" if s.get("layer") == ra.get(
+                             "gate_stage") else ""), fmt(s.get("spearman")), fmt(s.get("spearman_signed")),
+                                     fmt(s.get("ssim")), fmt(s.get("hog")),
+                                     fmt(((s.get("controls") or {}).get("edge") or {}).get("spearman"))]
                                     for s in ra.get("stages") or []],
                          "figure": _safe_figure(notes, "randomization", figures.randomization_figure, ra.get("stages"))}
     lo = fig.get("localization")
@@ -288,7 +295,9 @@ def _explanations(audit: dict[str, Any], assets: AssetReader, notes: list[str]) 
         localization = {"rows": [[name] + summary_cells(lo.get(key)) for key, name in (
             ("energy_pointing", "Energy inside mask"), ("hit_rate", "Hit rate (peak inside mask)"),
             ("auprc", "AUPRC against mask"), ("outside_brain", "Energy outside the brain"))],
-            "n_evaluated": fmt(lo.get("n_evaluated")), "n_empty_masks": fmt(lo.get("n_empty_masks"))}
+            "n_evaluated": fmt(lo.get("n_evaluated")), "n_empty_masks": fmt(lo.get("n_empty_masks")),
+            "selection": lo.get("selection")}
+    controls = _controls(fig.get("controls"), notes)
     co = fig.get("convergence")
     convergence = None
     if co:
@@ -297,9 +306,46 @@ def _explanations(audit: dict[str, Any], assets: AssetReader, notes: list[str]) 
     return {"gallery": _gallery(audit, assets), "agreement": agreement,
             "stability": _stability(fig, assets, notes), "faithfulness": faithfulness,
             "randomization": randomization, "localization": localization, "convergence": convergence,
+            "controls": controls,
             "has_masks": bool((audit.get("data") or {}).get("has_masks")),
             "layer": (audit.get("model") or {}).get("layer") or "n/a",
             "heatmap_sample": audit.get("heatmap_sample")}
+
+
+# audit.json "controls" keys, in report order, with the words a reader needs.
+CONTROL_FIGURES = {
+    "localization_energy": "Localisation: energy inside mask",
+    "localization_auprc": "Localisation: AUPRC against mask",
+    "outside_brain_mass": "Energy outside the brain (lower better)",
+    "deletion_auc": "Deletion AUC (lower better)",
+    "insertion_auc": "Insertion AUC",
+    "agreement_spearman": "Agreement with IG (Spearman, in brain)",
+    "stability_ssim_0.02": "Stability SSIM, σ = 0.02",
+    "stability_ssim_0.05": "Stability SSIM, σ = 0.05",
+}
+
+
+def _controls(block: dict[str, Any] | None, notes: list[str]) -> dict[str, Any] | None:
+    """Every explanation figure beside its control maps: a table (value, controls, skill, CI) and a chart."""
+    if not block:
+        return None
+    titles = dict(CONTROL_FIGURES)
+    titles.update({k: k.replace("_", " ") for k in block if k not in titles})
+    rows = []
+    for key, title in titles.items():
+        c = block.get(key)
+        if not c:
+            continue
+        ctrl = c.get("controls") or {}
+        lo, hi = (c.get("skill_ci") or [None, None]) + [None, None][len(c.get("skill_ci") or []):]
+        ci = "not estimable" if lo is None else f"{fmt(lo)} to {fmt(hi)}"
+        rows.append({"title": title, "value": fmt(c.get("value")),
+                     "controls": [fmt(ctrl.get(name)) for name in figures.CONTROL_ORDER],
+                     "best": figures.CONTROL_LABELS.get(c.get("best_control"), c.get("best_control") or "n/a"),
+                     "skill": fmt(c.get("skill")), "ci": ci, "beats": lo is not None and lo > 0,
+                     "unit": f"{fmt(c.get('n_units'))} {c.get('ci_unit', 'unit')}s"})
+    return {"rows": rows, "headers": [figures.CONTROL_LABELS[c] for c in figures.CONTROL_ORDER],
+            "figure": _safe_figure(notes, "controls", figures.controls_figure, block, titles)}
 
 
 def _environment(audit: dict[str, Any]) -> dict[str, Any]:

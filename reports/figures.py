@@ -137,18 +137,25 @@ def reliability_figure(reliability: dict[str, Any] | None, ece: float | None) ->
 
 @_figure
 def faithfulness_figure(curves: dict[str, Any] | None) -> Figure | None:
-    """Deletion and insertion curves (saliency order vs random order), the Petsiuk et al. plots."""
+    """Deletion and insertion curves (saliency order vs each control map's order), the Petsiuk et al. plots."""
     if not curves or not curves.get("fraction"):
         return None
     frac = _floats(curves["fraction"])
     fig = Figure(figsize=WIDE)
     axes = fig.subplots(1, 2)
     for ax, kind in zip(axes, ("deletion", "insertion")):
-        for key, style, name in ((kind, "-", "saliency order"), (f"random_{kind}", "--", "random order")):
-            ys = _floats(curves.get(key) or [])
+        lines = [(curves.get(kind), "-", "Grad-CAM order")]
+        controls = curves.get("controls") or {}
+        if controls:
+            lines += [((controls.get(c) or {}).get(kind), ":", CONTROL_LABELS.get(c, c)) for c in CONTROL_ORDER
+                      if c in controls]
+        else:
+            lines.append((curves.get(f"random_{kind}"), "--", "random order"))
+        for values, style, name in lines:
+            ys = _floats(values or [])
             n = min(len(frac), len(ys))
             if n:
-                ax.plot(frac[:n], ys[:n], style, lw=1.2, label=name)
+                ax.plot(frac[:n], ys[:n], style, lw=1.6 if style == "-" else 1.1, label=name)
         ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel=f"fraction of pixels {'removed' if kind == 'deletion' else 'inserted'}",
                ylabel="probability of the class", title=kind.capitalize())
         ax.legend(frameon=False)
@@ -165,8 +172,12 @@ def randomization_figure(stages: list[dict[str, Any]] | None) -> Figure | None:
     x = np.arange(len(stages))
     fig = Figure(figsize=WIDE)
     ax = fig.subplots()
-    for key, marker in (("spearman", "o"), ("ssim", "s")):
-        ax.plot(x, _floats([s.get(key) for s in stages]), marker=marker, ms=3, lw=1.2, label=key)
+    for key, marker in (("spearman", "o"), ("spearman_signed", "v"), ("ssim", "s"), ("hog", "^")):
+        if any(s.get(key) is not None for s in stages):
+            ax.plot(x, _floats([s.get(key) for s in stages]), marker=marker, ms=3, lw=1.2, label=key)
+    edge = [((s.get("controls") or {}).get("edge") or {}).get("spearman") for s in stages]
+    if any(v is not None for v in edge):
+        ax.plot(x, _floats(edge), ":", color="#888888", lw=1.2, label="edge-map control (Spearman)")
     ax.set_xticks(x, names, rotation=20, ha="right")
     ax.set(ylim=(-0.05, 1.05), ylabel="similarity to trained-model map",
            title="Cascading model randomisation (top layer first)")
@@ -201,5 +212,36 @@ def stability_figure(stability: dict[str, dict[str, Any]] | None) -> Figure | No
     axes[1].plot(sig, _floats([e.get("flip_rate") for _, e in levels]), marker="o", ms=3, color="#e45756")
     axes[1].set(xlabel="noise σ", ylabel="fraction of predictions that flip", ylim=(0, None),
                 title="Prediction flips")
+    fig.tight_layout()
+    return fig
+
+
+CONTROL_ORDER = ("random", "brain_uniform", "edge", "centre")
+CONTROL_LABELS = {"random": "random smooth", "brain_uniform": "brain-uniform", "edge": "edge (Sobel)",
+                  "centre": "centre prior"}
+
+
+@_figure
+def controls_figure(controls: dict[str, dict[str, Any]] | None, titles: dict[str, str]) -> Figure | None:
+    """Each explanation figure: the model's value beside every control map's, on the same images."""
+    if not controls:
+        return None
+    keys = [k for k in titles if k in controls and (controls[k] or {}).get("value") is not None]
+    if not keys:
+        return None
+    fig = Figure(figsize=(WIDE[0], 0.9 + 0.55 * len(keys)))
+    ax = fig.subplots()
+    series = [("model", None)] + [(CONTROL_LABELS.get(c, c), c) for c in CONTROL_ORDER]
+    height = 0.8 / len(series)
+    y = np.arange(len(keys))
+    for j, (name, control) in enumerate(series):
+        values = [controls[k]["value"] if control is None else (controls[k].get("controls") or {}).get(control)
+                  for k in keys]
+        ax.barh(y + (j - (len(series) - 1) / 2) * height, _floats(values), height=height, label=name,
+                color="#222222" if control is None else None)
+    ax.set_yticks(y, [label(titles[k], 28) for k in keys])
+    ax.invert_yaxis()
+    ax.set(xlabel="figure value (see table for direction)", title="Model beside its control maps")
+    ax.legend(frameon=False, fontsize=7, ncol=5, loc="upper center", bbox_to_anchor=(0.5, -0.12))
     fig.tight_layout()
     return fig
