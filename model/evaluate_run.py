@@ -29,6 +29,8 @@ def predict_manifest(model, manifest: Manifest, contract: ModelContract, *, batc
 
 
 def write_predictions(pred: Predictions, path: Path) -> None:
+    """One row per image. Paths stay as the manifest resolved them (absolute): the file is a record for
+    people and other tools, never read back by alzaudit, and its folder has no fixed place beside the data."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["path", "subject_id", "true", "predicted", *[f"p_{c}" for c in CLASSES]])
