@@ -3,6 +3,11 @@
 Slices of one subject are not independent, so bootstrapping slices understates the uncertainty; when
 subject IDs are known we resample subjects (with all their slices) and say so. A class with fewer than
 five test subjects gets no per-class verdict: its figures are flagged as not estimable.
+
+"Not estimable" has one JSON shape everywhere (see docs/audit_json.md): the figure that cannot be
+computed is ``None`` (never NaN, never a made-up 0) and the object that holds it carries
+``"estimable": False`` and ``"reason": "<one line>"``. Data whose evaluated split lacks a stage (a small
+OASIS export whose two ModerateDemented subjects all land in train) is a finding, not a crash.
 """
 from __future__ import annotations
 
@@ -50,8 +55,18 @@ def _compiled_forward(model):
     return _FORWARD_CACHE[key][1]
 
 
-def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, n_bins: int = ECE_BINS) -> tuple[float, dict]:
-    """ECE (Guo et al. 2017): |accuracy − confidence| averaged over equal-width confidence bins."""
+def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray,
+                               n_bins: int = ECE_BINS) -> tuple[float | None, dict]:
+    """ECE (Guo et al. 2017): |accuracy − confidence| averaged over equal-width confidence bins.
+
+    Empty bins have ``None`` confidence and accuracy (their ``bin_count`` of 0 says why); with no images
+    at all the ECE is ``None`` and the diagram is marked not estimable.
+    """
+    if len(y_true) == 0:
+        edges = np.linspace(0.0, 1.0, n_bins + 1)
+        return None, {"bin_confidence": [None] * n_bins, "bin_accuracy": [None] * n_bins,
+                      "bin_count": [0] * n_bins, "edges": edges.tolist(),
+                      **_not_estimable("no images in the evaluated split")}
     confidence = probs.max(axis=1)
     correct = (probs.argmax(axis=1) == y_true).astype(float)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
@@ -64,57 +79,85 @@ def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, n_bins: in
         bin_acc = np.where(count > 0, acc_sum / np.maximum(count, 1), np.nan)
     ece = float(np.sum(np.abs(acc_sum - conf_sum)) / max(len(y_true), 1))
     return ece, {"bin_confidence": _nan_to_none(bin_conf), "bin_accuracy": _nan_to_none(bin_acc),
-                 "bin_count": count.tolist(), "edges": edges.tolist()}
+                 "bin_count": count.tolist(), "edges": edges.tolist(), "estimable": True}
 
 
 def classification_figures(y_true: np.ndarray, probs: np.ndarray) -> dict:
-    from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score,
-                                 precision_recall_fscore_support)
+    """Accuracy, macro figures over the classes present, per-class figures and the confusion matrix.
 
-    y_pred = probs.argmax(axis=1)
-    labels = list(range(len(CLASSES)))
-    present = sorted(set(y_true.tolist()))
-    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    Counted from the confusion matrix, so an empty split or an absent class cannot raise: an absent
+    class's precision, recall and F1 are None with the reason, the macro figures average over the
+    classes present. A present class that is never predicted has precision 0 (scikit-learn's
+    ``zero_division=0``), so it still counts against the model.
+    """
+    k = len(CLASSES)
+    y_true = np.asarray(y_true, dtype=int)
+    y_pred = np.asarray(probs).argmax(axis=1) if len(y_true) else np.zeros(0, dtype=int)
+    confusion = np.zeros((k, k), dtype=int)
+    np.add.at(confusion, (y_true, y_pred), 1)
+    tp = np.diag(confusion).astype(float)
+    support, predicted = confusion.sum(axis=1), confusion.sum(axis=0)
+    fp, fn = predicted - tp, support - tp
+    present = support > 0
+    per_class = {}
+    for i, c in enumerate(CLASSES):
+        if not present[i]:
+            per_class[c] = {"precision": None, "recall": None, "f1": None, "support": 0,
+                            **_not_estimable(absent_reason(c))}
+            continue
+        per_class[c] = {"precision": float(tp[i] / predicted[i]) if predicted[i] else 0.0,
+                        "recall": float(tp[i] / support[i]),
+                        "f1": float(2 * tp[i] / (2 * tp[i] + fp[i] + fn[i])), "support": int(support[i])}
+    recalls = [per_class[c]["recall"] for i, c in enumerate(CLASSES) if present[i]]
+    f1s = [per_class[c]["f1"] for i, c in enumerate(CLASSES) if present[i]]
     return {
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)) if present else None,
-        # Macro-F1 over the classes present in the test split (absent classes would count as 0).
-        "macro_f1": float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
-        "per_class": {c: {"precision": float(precision[i]), "recall": float(recall[i]) if support[i] else None,
-                          "f1": float(f1[i]), "support": int(support[i])} for i, c in enumerate(CLASSES)},
-        "confusion": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "accuracy": float(np.mean(y_true == y_pred)) if len(y_true) else None,
+        # Balanced accuracy and macro-F1 over the classes present (an absent class would count as 0).
+        "balanced_accuracy": float(np.mean(recalls)) if recalls else None,
+        "macro_f1": float(np.mean(f1s)) if f1s else None,
+        "per_class": per_class,
+        # Rows of absent classes are all zeros: a count of 0 is exact, only its row-normalisation is undefined.
+        "confusion": confusion.tolist(),
     }
 
 
 def roc_curves(y_true: np.ndarray, probs: np.ndarray, max_points: int = 200) -> dict:
-    """One-vs-rest ROC per class present with both positives and negatives."""
+    """One-vs-rest ROC per class; a class without positives or without negatives is not estimable."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
     out = {}
     for i, c in enumerate(CLASSES):
         positives = y_true == i
         if positives.all() or not positives.any():
-            out[c] = None
+            reason = (absent_reason(c) if not positives.any()
+                      else f"every image of the evaluated split is {c}, so there are no negatives")
+            out[c] = {"fpr": None, "tpr": None, "auc": None, **_not_estimable(reason)}
             continue
         fpr, tpr, _ = roc_curve(positives, probs[:, i])
         if len(fpr) > max_points:
             keep = np.unique(np.linspace(0, len(fpr) - 1, max_points).astype(int))
             fpr, tpr = fpr[keep], tpr[keep]
         out[c] = {"fpr": fpr.round(4).tolist(), "tpr": tpr.round(4).tolist(),
-                  "auc": float(roc_auc_score(positives, probs[:, i]))}
+                  "auc": float(roc_auc_score(positives, probs[:, i])), "estimable": True}
     return out
+
+
+CI_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 
 
 def bootstrap_ci(y_true: np.ndarray, probs: np.ndarray, subjects: list[str | None], *, n_resamples: int = 1000,
                  seed: int = 0, level: float = 0.95) -> tuple[dict, str]:
     """Percentile bootstrap CIs of accuracy, balanced accuracy and macro-F1.
 
-    Resamples subjects (cluster bootstrap) when every sample has a subject ID, else slices.
+    Resamples subjects (cluster bootstrap) when every sample has a subject ID, else slices. With fewer
+    than two subjects (or slices) every resample is the same data: the intervals are None, not [x, x].
     """
+    import warnings
+
     from sklearn.metrics import balanced_accuracy_score, f1_score
 
     rng = np.random.default_rng(seed)
-    y_pred = probs.argmax(axis=1)
+    y_pred = probs.argmax(axis=1) if len(y_true) else np.zeros(0, dtype=int)
     by_subject = all(subjects)
     if by_subject:
         groups = {}
@@ -123,21 +166,27 @@ def bootstrap_ci(y_true: np.ndarray, probs: np.ndarray, subjects: list[str | Non
         clusters = [np.array(v) for v in groups.values()]
     else:
         clusters = [np.array([i]) for i in range(len(y_true))]
-    stats = {"accuracy": [], "balanced_accuracy": [], "macro_f1": []}
-    import warnings
-
-    warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
-    warnings.filterwarnings("ignore", message="A single label was found")
-    for _ in range(n_resamples):
-        picks = rng.integers(0, len(clusters), len(clusters))
-        idx = np.concatenate([clusters[p] for p in picks])
-        yt, yp = y_true[idx], y_pred[idx]
-        stats["accuracy"].append(float(np.mean(yt == yp)))
-        stats["balanced_accuracy"].append(float(balanced_accuracy_score(yt, yp)))
-        stats["macro_f1"].append(float(f1_score(yt, yp, labels=np.unique(yt), average="macro", zero_division=0)))
+    method = "subject bootstrap" if by_subject else "slice bootstrap"
+    if len(clusters) < 2:
+        unit = "subject" if by_subject else "image"
+        reason = (f"{len(clusters)} {unit}{'' if len(clusters) == 1 else 's'} in the evaluated split; "
+                  "a bootstrap interval needs at least 2")
+        return {**{k: None for k in CI_METRICS}, **_not_estimable(reason)}, method
+    stats: dict[str, list[float]] = {k: [] for k in CI_METRICS}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+        warnings.filterwarnings("ignore", message="A single label was found")
+        for _ in range(n_resamples):
+            picks = rng.integers(0, len(clusters), len(clusters))
+            idx = np.concatenate([clusters[p] for p in picks])
+            yt, yp = y_true[idx], y_pred[idx]
+            stats["accuracy"].append(float(np.mean(yt == yp)))
+            stats["balanced_accuracy"].append(float(balanced_accuracy_score(yt, yp)))
+            stats["macro_f1"].append(float(f1_score(yt, yp, labels=np.unique(yt), average="macro", zero_division=0)))
     alpha = (1 - level) / 2  # percentile interval
-    ci = {k: [float(np.quantile(v, alpha)), float(np.quantile(v, 1 - alpha))] for k, v in stats.items()}
-    return ci, ("subject bootstrap" if by_subject else "slice bootstrap")
+    ci: dict = {k: [float(np.quantile(v, alpha)), float(np.quantile(v, 1 - alpha))] for k, v in stats.items()}
+    ci["estimable"] = True
+    return ci, method
 
 
 def subject_accuracy(y_true: np.ndarray, probs: np.ndarray, subjects: list[str | None]) -> float | None:
@@ -151,33 +200,63 @@ def subject_accuracy(y_true: np.ndarray, probs: np.ndarray, subjects: list[str |
     return float(np.mean(hits))
 
 
-def not_estimable(y_true: np.ndarray, subjects: list[str | None]) -> list[str]:
-    """Classes with fewer than MIN_SUBJECTS_PER_CLASS test subjects (slices when IDs are unknown)."""
-    out = []
+def absent_reason(name: str) -> str:
+    return f"no {name} images in the evaluated split"
+
+
+def class_reasons(y_true: np.ndarray, subjects: list[str | None]) -> dict[str, str | None]:
+    """Why each class's per-class figures get no verdict (None where they do): the class is absent, or
+    it has fewer than MIN_SUBJECTS_PER_CLASS test subjects (slices when IDs are unknown)."""
+    by_subject = bool(subjects) and all(subjects)
+    out: dict[str, str | None] = {}
     for i, c in enumerate(CLASSES):
         idx = np.flatnonzero(y_true == i)
-        units = {subjects[j] for j in idx} if subjects and all(subjects) else set(idx.tolist())
-        if len(units) < MIN_SUBJECTS_PER_CLASS:
-            out.append(c)
+        units = {subjects[j] for j in idx} if by_subject else set(idx.tolist())
+        if not units:
+            out[c] = absent_reason(c)
+        elif len(units) < MIN_SUBJECTS_PER_CLASS:
+            unit = "subject" if by_subject else "image"
+            out[c] = (f"only {len(units)} {c} {unit}{'' if len(units) == 1 else 's'} in the evaluated split, "
+                      f"fewer than {MIN_SUBJECTS_PER_CLASS}")
+        else:
+            out[c] = None
     return out
 
 
+def not_estimable(y_true: np.ndarray, subjects: list[str | None]) -> list[str]:
+    """Classes with fewer than MIN_SUBJECTS_PER_CLASS test subjects (slices when IDs are unknown)."""
+    return [c for c, reason in class_reasons(y_true, subjects).items() if reason]
+
+
 def evaluate_predictions(pred: Predictions, *, n_resamples: int = 1000, seed: int = 0) -> dict:
-    """Every figure of ``metrics.json``."""
+    """Every figure of ``metrics.json`` (and of audit.json's ``figures.performance``).
+
+    Never raises on a split that lacks stages, holds one subject or is empty: what cannot be estimated
+    is None beside ``"estimable": False`` and its ``"reason"``.
+    """
     figures = classification_figures(pred.y_true, pred.probs)
     ece, reliability = expected_calibration_error(pred.probs, pred.y_true)
     ci, method = bootstrap_ci(pred.y_true, pred.probs, pred.subjects, n_resamples=n_resamples, seed=seed)
-    flagged = not_estimable(pred.y_true, pred.subjects)
-    for c in CLASSES:
-        figures["per_class"][c]["estimable"] = c not in flagged
+    reasons = class_reasons(pred.y_true, pred.subjects)
+    for c, reason in reasons.items():
+        row = figures["per_class"][c]
+        row.pop("reason", None)
+        row.update({"estimable": True} if reason is None else _not_estimable(reason))
     figures.update({
         "ece": ece, "reliability": reliability, "roc": roc_curves(pred.y_true, pred.probs),
-        "ci": ci, "ci_method": method, "ci_resamples": n_resamples, "ci_level": 0.95,
+        "ci": ci, "ci_method": method, "ci_resamples": n_resamples, "n_resamples": n_resamples, "ci_level": 0.95,
         "subject_accuracy": subject_accuracy(pred.y_true, pred.probs, pred.subjects),
-        "not_estimable": flagged, "n_images": int(len(pred.y_true)),
+        "not_estimable": [c for c, reason in reasons.items() if reason],
+        "absent": [c for c in CLASSES if figures["per_class"][c]["support"] == 0],
+        "n_images": int(len(pred.y_true)),
         "n_subjects": len({s for s in pred.subjects if s}) or None,
     })
     return figures
+
+
+def _not_estimable(reason: str) -> dict:
+    """The one shape of "not estimable": set beside the None values it explains."""
+    return {"estimable": False, "reason": reason}
 
 
 def _nan_to_none(values: np.ndarray) -> list:

@@ -29,6 +29,8 @@ def predict_manifest(model, manifest: Manifest, contract: ModelContract, *, batc
 
 
 def write_predictions(pred: Predictions, path: Path) -> None:
+    """One row per image. Paths stay as the manifest resolved them (absolute): the file is a record for
+    people and other tools, never read back by alzaudit, and its folder has no fixed place beside the data."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["path", "subject_id", "true", "predicted", *[f"p_{c}" for c in CLASSES]])
@@ -57,8 +59,15 @@ def evaluate_model(model_path, data, *, split: str = "test", out_dir=None, seed:
 
 
 def print_report(metrics: dict, console) -> None:
-    """A table like scikit-learn's classification report, plus the headline figures with CIs."""
+    """A table like scikit-learn's classification report, plus the headline figures with CIs.
+
+    Figures that are not estimable (an absent stage, a CI from one subject) print as "—" with the
+    reason, never as None or nan.
+    """
     from rich.table import Table
+
+    def num(value) -> str:
+        return "—" if value is None else f"{value:.3f}"
 
     table = Table(title=f"{metrics.get('split', 'test')} split: {metrics['n_images']} images"
                         + (f", {metrics['n_subjects']} subjects" if metrics.get("n_subjects") else ""))
@@ -66,16 +75,20 @@ def print_report(metrics: dict, console) -> None:
         table.add_column(col, justify="left" if col in ("class", "note") else "right")
     for c in CLASSES:
         row = metrics["per_class"][c]
-        recall = "—" if row["recall"] is None else f"{row['recall']:.3f}"
-        note = "" if row["estimable"] else "not estimable: <5 subjects"
-        table.add_row(c, f"{row['precision']:.3f}", recall, f"{row['f1']:.3f}", str(row["support"]), note)
+        note = "" if row.get("estimable", True) else f"not estimable: {row.get('reason') or 'fewer than 5 subjects'}"
+        table.add_row(c, num(row["precision"]), num(row["recall"]), num(row["f1"]), str(row["support"]), note)
     console.print(table)
-    ci = metrics["ci"]
+    ci = metrics.get("ci") or {}
     for key in ("accuracy", "balanced_accuracy", "macro_f1"):
-        lo, hi = ci[key]
-        console.print(f"{key:>18}: {metrics[key]:.3f}  (95% CI {lo:.3f}–{hi:.3f}, {metrics['ci_method']})")
-    console.print(f"{'ECE (15 bins)':>18}: {metrics['ece']:.3f}")
+        interval = ci.get(key)
+        shown = (f"95% CI {interval[0]:.3f}–{interval[1]:.3f}, {metrics['ci_method']}" if interval
+                 else f"CI not estimable: {ci.get('reason') or 'not computed'}")
+        console.print(f"{key:>18}: {num(metrics[key])}  ({shown})")
+    console.print(f"{'ECE (15 bins)':>18}: {num(metrics['ece'])}")
     if metrics.get("subject_accuracy") is not None:
         console.print(f"{'subject accuracy':>18}: {metrics['subject_accuracy']:.3f} (soft vote over slices)")
+    if metrics.get("absent"):
+        console.print(f"[yellow]absent from the {metrics.get('split', 'test')} split: {', '.join(metrics['absent'])} "
+                      "(macro figures average over the stages present)[/]")
     for w in metrics.get("warnings", []):
         console.print(f"[yellow]warning: {w}[/]")

@@ -49,7 +49,8 @@ def parse_subject_id(filename: str) -> str | None:
 
 @dataclass(frozen=True)
 class Sample:
-    """One image. ``path``/``mask_path`` are absolute; ``extra`` keeps other manifest columns."""
+    """One image. ``path``/``mask_path`` are absolute; ``extra`` keeps other manifest columns (its
+    ``*_path`` columns, such as ``brain_mask_path``, absolute too; relative ones count from ``Manifest.root``)."""
 
     path: Path
     label: str
@@ -144,7 +145,13 @@ class Manifest:
 
 # ----------------------------------------------------------------------------------------------- I/O
 def write_manifest(manifest: Manifest, path: str | os.PathLike) -> Path:
-    """Write the manifest as CSV (paths relative to the CSV's folder where possible), atomically."""
+    """Write the manifest as CSV, atomically, with every file path relative to the CSV's own folder.
+
+    Relative (POSIX ``/``, with ``..`` for files outside the folder) so a run or dataset folder that is
+    moved or copied elsewhere, together with what it points at, still loads; absolute only where no
+    relative path exists (another drive on Windows). This covers ``path``, ``mask_path`` and every
+    other ``*_path`` column (e.g. ``brain_mask_path``).
+    """
     from model.fileio import atomic_write_text
 
     path = Path(path)
@@ -156,19 +163,25 @@ def write_manifest(manifest: Manifest, path: str | os.PathLike) -> Path:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow([*CORE_COLUMNS, *extra_cols])
-    base = path.parent.resolve()
+    base = Path(os.path.abspath(path.parent))
+    root = Path(manifest.root)
     for s in manifest.samples:
         writer.writerow([
             _relative(s.path, base), s.label, s.subject_id or "", s.split or "",
             _relative(s.mask_path, base) if s.mask_path else "",
-            *[_csv_value(s.extra.get(k)) for k in extra_cols],
+            *[_relative(root / str(s.extra[k]), base) if _is_path_column(k) and s.extra.get(k) not in (None, "")
+              else _csv_value(s.extra.get(k)) for k in extra_cols],
         ])
     atomic_write_text(path, buffer.getvalue())
     return path
 
 
 def read_manifest(path: str | os.PathLike, *, check_files: bool = True) -> Manifest:
-    """Read a manifest CSV written by :func:`write_manifest` (or by hand: ``path,label`` suffice)."""
+    """Read a manifest CSV written by :func:`write_manifest` (or by hand: ``path,label`` suffice).
+
+    Relative paths count from the CSV's folder (so a moved folder still loads); absolute paths, as older
+    versions wrote them, are used as they are.
+    """
     path = Path(path)
     if not path.is_file():
         raise AlzAuditError(f"{path}: manifest not found")
@@ -197,7 +210,7 @@ def read_manifest(path: str | os.PathLike, *, check_files: bool = True) -> Manif
             raise AlzAuditError(f"{path}:{line}: unknown split '{split}' (use train, val or test)")
         mask = (row.get("mask_path") or "").strip()
         extra = {k: v for k, v in row.items() if k not in CORE_COLUMNS and k is not None and v not in (None, "")}
-        for key in [k for k in extra if k.endswith("_path")]:  # other file columns, e.g. brain_mask_path
+        for key in [k for k in extra if _is_path_column(k)]:  # other file columns, e.g. brain_mask_path
             extra[key] = str(_resolve(extra[key], base))
         samples.append(Sample(
             path=image, label=label, subject_id=(row.get("subject_id") or "").strip() or None,
@@ -354,18 +367,32 @@ def _probe_images(paths: list[Path]) -> list:
         return list(pool.map(probe_image, paths, chunksize=64))
 
 
-def _relative(path: Path | None, base: Path) -> str:
+def _is_path_column(name: str) -> bool:
+    return name.endswith("_path")
+
+
+def _relative(path: str | os.PathLike | None, base: Path) -> str:
+    """``path`` relative to the folder ``base`` in POSIX form: plain inside it, with ``..`` outside it,
+    absolute (POSIX form) only when there is no relative path (another drive on Windows)."""
     if path is None:
         return ""
+    target = Path(os.path.abspath(path))
+    if base in target.parents:  # the common case, without touching the disk
+        return target.relative_to(base).as_posix()
+    # Otherwise compare with symlinks resolved, as the reader resolves the manifest's folder.
+    real, real_base = target.resolve(), base.resolve()
+    if real_base in real.parents:
+        return real.relative_to(real_base).as_posix()
     try:
-        return Path(path).resolve().relative_to(base).as_posix()
-    except ValueError:
-        return str(Path(path).resolve())
+        return Path(os.path.relpath(real, real_base)).as_posix()
+    except ValueError:  # no relative path between drives
+        return target.as_posix()
 
 
 def _resolve(text: str, base: Path) -> Path:
-    path = Path(text)
-    return path if path.is_absolute() else (base / path)
+    """A manifest entry as an absolute path: relative ones count from the manifest's folder ``base``."""
+    path = Path(text.strip())
+    return path if path.is_absolute() else Path(os.path.normpath(base / path))
 
 
 def _csv_value(value) -> str:

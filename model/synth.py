@@ -184,7 +184,8 @@ def _sample(root: Path, row: dict) -> Sample:
         path=(root / row["path"]).resolve(), label=row["label"], subject_id=row["subject_id"],
         mask_path=(root / row["mask_path"]).resolve(),
         extra={"severity": row["severity"], "slice_index": row["slice_index"], "slice_z_mm": row["slice_z_mm"],
-               "brain_mask_path": row["brain_mask_path"], "synthetic": 1, "shortcut": row["shortcut"]},
+               "brain_mask_path": str((root / row["brain_mask_path"]).resolve()), "synthetic": 1,
+               "shortcut": row["shortcut"]},
     )
 
 

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from reports import figures
 from reports.assets import AssetReader, to_data_uri
-from reports.limitations import derive_limitations
+from reports.limitations import absent_classes, derive_limitations
 
 STATUS_ORDER = {"ERROR": 0, "FAIL": 1, "WARN": 2, "PASS": 3}
 SPLIT_ORDER = ("train", "val", "validation", "test")
@@ -42,6 +42,14 @@ def fmt_threshold(threshold: Any, direction: Any) -> str:
     if threshold is None:
         return "—"
     return {"min": "≥ ", "max": "≤ "}.get(direction, "") + fmt(threshold)
+
+
+def not_estimable_text(obj: Any) -> str | None:
+    """'not estimable (reason)' for an object marked ``"estimable": false`` (see docs/audit_json.md), else None."""
+    if not isinstance(obj, dict) or obj.get("estimable") is not False:
+        return None
+    reason = " ".join(str(obj.get("reason") or "").split())
+    return f"not estimable ({reason})" if reason else "not estimable"
 
 
 def summary_cells(s: Any) -> list[str]:
@@ -140,9 +148,11 @@ def _data(audit: dict[str, Any], assets: AssetReader) -> dict[str, Any]:
     splits = _ordered(list(counts), SPLIT_ORDER)
     all_classes = _ordered(list(dict.fromkeys(c for s in counts.values() for c in (s or {}))), classes)
     subjects = d.get("subjects") or {}
-    not_estimable = set(d.get("not_estimable") or [])
+    absent = absent_classes(audit)
+    not_estimable = set(d.get("not_estimable") or []) | set(absent)
     table = [[c] + [fmt((counts.get(s) or {}).get(c)) for s in splits]
-             + [fmt(subjects.get(c)), "no" if c in not_estimable else "yes"] for c in all_classes]
+             + [fmt(subjects.get(c)), ("no (absent)" if c in absent else "no") if c in not_estimable else "yes"]
+             for c in all_classes]
     totals = ["total"] + [fmt(sum(v for v in (counts.get(s) or {}).values() if isinstance(v, int))) for s in splits] \
         + [fmt(sum(v for v in subjects.values() if isinstance(v, int))) if subjects else "n/a", ""]
     rows = [
@@ -154,7 +164,8 @@ def _data(audit: dict[str, Any], assets: AssetReader) -> dict[str, Any]:
     skipped = d.get("skipped") or []
     return {"rows": rows, "splits": splits, "counts": table, "totals": totals, "split": d.get("split", "test"),
             "skipped": skipped[:20], "skipped_more": max(0, len(skipped) - 20), "warnings": d.get("warnings") or [],
-            "not_estimable": sorted(not_estimable), "leakage": _leakage(audit, assets)}
+            "not_estimable": sorted(not_estimable - set(absent)), "absent": absent,
+            "leakage": _leakage(audit, assets)}
 
 
 def _leakage(audit: dict[str, Any], assets: AssetReader) -> dict[str, Any] | None:
@@ -178,34 +189,62 @@ def _performance(audit: dict[str, Any], notes: list[str]) -> dict[str, Any] | No
     if not p:
         return None
     classes = list((audit.get("model") or {}).get("classes") or [])
-    ci = p.get("ci") or {}
+    ci = p.get("ci") if isinstance(p.get("ci"), dict) else {}
+    ci_missing = not_estimable_text(ci)
     headline = []
     for key, name in (("accuracy", "Accuracy"), ("balanced_accuracy", "Balanced accuracy"),
                       ("macro_f1", "Macro F1"), ("ece", "Expected calibration error"),
                       ("subject_accuracy", "Subject-level accuracy (majority vote)")):
         interval = ci.get(key)
-        headline.append((name, fmt(p.get(key)),
-                         f"{fmt(interval[0])} – {fmt(interval[1])}" if isinstance(interval, list) and len(interval) == 2 else "—"))
+        if isinstance(interval, list) and len(interval) == 2 and None not in interval:
+            shown = f"{fmt(interval[0])} – {fmt(interval[1])}"
+        else:
+            shown = "not estimable" if ci_missing and key in ci else "—"
+        headline.append((name, fmt(p.get(key)), shown))
     level = p.get("ci_level")
     ci_note = None
-    if ci:
+    if ci_missing:
+        ci_note = ci_missing
+    elif ci:
         ci_note = (f"{fmt(round(level * 100)) if isinstance(level, (int, float)) else '95'} % intervals by "
                    f"{p.get('ci_method') or 'an unstated method'}"
                    + (f", {fmt(p.get('n_resamples'))} resamples" if p.get("n_resamples") else ""))
-    roc = p.get("roc") or {}
-    per_class = p.get("per_class") or {}
+    roc = p.get("roc") if isinstance(p.get("roc"), dict) else {}
+    per_class = p.get("per_class") if isinstance(p.get("per_class"), dict) else {}
+    absent = absent_classes(audit)
     table = []
     for c in _ordered(list(per_class), classes):
-        row = per_class.get(c) or {}
-        table.append([c, fmt(row.get("precision")), fmt(row.get("recall")), fmt(row.get("f1")),
-                      fmt(row.get("support")), fmt((roc.get(c) or {}).get("auc")),
-                      "yes" if row.get("estimable", True) else "no"])
+        row = per_class.get(c) if isinstance(per_class.get(c), dict) else {}
+        why = not_estimable_text(row)
+        if why is None and c in absent:  # files written before reasons existed
+            why = "not estimable (absent from the evaluated split)"
+
+        def cell(value: Any) -> str:
+            return "—" if value is None and why else fmt(value)
+
+        curve = roc.get(c) if isinstance(roc.get(c), dict) else {}
+        auc = "—" if curve.get("auc") is None and (why or not_estimable_text(curve)) else fmt(curve.get("auc"))
+        table.append({"cells": [c, cell(row.get("precision")), cell(row.get("recall")), cell(row.get("f1")),
+                                fmt(row.get("support")), auc, why or "yes"], "warn": why is not None})
+    # Curves that cannot be drawn are listed in words, not passed to the figure.
+    drawable = {c: v for c, v in roc.items() if isinstance(v, dict) and v.get("estimable") is not False
+                and v.get("fpr") and v.get("tpr")}
+    roc_notes = [f"{c}: {not_estimable_text(v) or 'not computed'}" for c, v in roc.items() if c not in drawable]
+    reliability = p.get("reliability")
+    reliability_note = not_estimable_text(reliability)
+    macro_note = None
+    if absent and per_class:
+        present = [c for c in _ordered(list(per_class), classes) if c not in absent]
+        macro_note = (f"Absent from the evaluated split: {', '.join(absent)}. Balanced accuracy and macro F1 "
+                      f"average over the {len(present)} stage{'s' if len(present) != 1 else ''} present"
+                      + (f" ({', '.join(present)})." if present else "."))
     return {
-        "headline": headline, "ci_note": ci_note, "per_class": table,
+        "headline": headline, "ci_note": ci_note, "per_class": table, "macro_note": macro_note,
         "confusion": _safe_figure(notes, "confusion", figures.confusion_figure, p.get("confusion"), classes),
-        "roc": _safe_figure(notes, "roc", figures.roc_figure, roc),
-        "reliability": _safe_figure(notes, "reliability", figures.reliability_figure, p.get("reliability"),
-                                    p.get("ece")),
+        "roc": _safe_figure(notes, "roc", figures.roc_figure, drawable), "roc_notes": roc_notes,
+        "reliability": None if reliability_note else _safe_figure(
+            notes, "reliability", figures.reliability_figure, reliability, p.get("ece")),
+        "reliability_note": reliability_note,
     }
 
 

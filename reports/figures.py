@@ -56,7 +56,11 @@ def _figure(draw: Callable[..., Figure | None]) -> Callable[..., bytes | None]:
 
 @_figure
 def confusion_figure(confusion: list[list[int]] | None, classes: list[str]) -> Figure | None:
-    """Counts and row-normalised (recall) confusion matrices side by side."""
+    """Counts and row-normalised (recall) confusion matrices side by side.
+
+    A class absent from the split has a row of zero counts: its normalised row is undefined, so it is
+    printed as "—" and the class is labelled "(absent)" rather than shown as a recall of 0.
+    """
     if not confusion:
         return None
     counts = np.array(confusion, dtype=float)
@@ -65,6 +69,8 @@ def confusion_figure(confusion: list[list[int]] | None, classes: list[str]) -> F
         raise ValueError(f"confusion matrix is {counts.shape}, not square")
     names = [label(c, 16) for c in classes[:k]] + [str(i) for i in range(len(classes), k)]
     rows = counts.sum(axis=1, keepdims=True)
+    absent = rows[:, 0] == 0
+    row_names = [f"{n} (absent)" if absent[i] else n for i, n in enumerate(names)]
     normed = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
     fig = Figure(figsize=(6.8, 3.0))
     axes = fig.subplots(1, 2)
@@ -74,13 +80,14 @@ def confusion_figure(confusion: list[list[int]] | None, classes: list[str]) -> F
         ax.grid(False)
         ax.set_title(title)
         ax.set_xticks(range(k), names, rotation=30, ha="right")
-        ax.set_yticks(range(k), names)
+        ax.set_yticks(range(k), row_names)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         top = float(matrix.max()) or 1.0
         for i in range(k):
             for j in range(k):
-                ax.text(j, i, fmt.format(matrix[i, j]), ha="center", va="center", fontsize=6.5,
+                undefined = absent[i] and matrix is normed
+                ax.text(j, i, "—" if undefined else fmt.format(matrix[i, j]), ha="center", va="center", fontsize=6.5,
                         color="white" if matrix[i, j] > 0.6 * top else "black")
     fig.tight_layout()
     return fig

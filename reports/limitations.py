@@ -18,6 +18,20 @@ def _get(d: Any, *keys: str) -> Any:
     return d
 
 
+def absent_classes(audit: dict[str, Any]) -> list[str]:
+    """Classes with no image in the evaluated split (from the performance figures or the data counts),
+    in the model's class order."""
+    per_class = _get(audit, "figures", "performance", "per_class")
+    per_class = per_class if isinstance(per_class, dict) else {}
+    found = [c for c, row in per_class.items() if isinstance(row, dict) and row.get("support") == 0]
+    data = audit.get("data") if isinstance(audit.get("data"), dict) else {}
+    counts = _get(data, "counts", data.get("split") or "test")
+    found += [c for c, n in (counts if isinstance(counts, dict) else {}).items() if n == 0]
+    order = list(_get(audit, "model", "classes") or [])
+    found = list(dict.fromkeys(found))
+    return [c for c in order if c in found] + [c for c in found if c not in order]
+
+
 def derive_limitations(audit: dict[str, Any]) -> list[str]:
     """Sentences for section 7, most consequential first."""
     out: list[str] = []
@@ -37,9 +51,18 @@ def derive_limitations(audit: dict[str, Any]) -> list[str]:
     if data.get("subjects_known") is False:
         out.append("No subject IDs are known: splits may put slices of one person in several splits, "
                    "confidence intervals resample slices (optimistic), and subject leakage cannot be excluded.")
+    absent = absent_classes(audit)
+    split = data.get("split", "test")
+    for name in absent:
+        out.append(f"Class {name!s} is absent from the {split} split: its recall, precision, F1 and ROC AUC are "
+                   "not estimable, and balanced accuracy and macro F1 average over the stages present only.")
     for name in data.get("not_estimable") or []:
-        out.append(f"Class {name!s} has fewer than 5 subjects in the {data.get('split', 'test')} split; "
-                   "its per-class metrics are not estimable.")
+        if name not in absent:
+            out.append(f"Class {name!s} has fewer than 5 subjects in the {split} split; "
+                       "its per-class metrics are not estimable.")
+    perf_ci = (figures.get("performance") or {}).get("ci")
+    if isinstance(perf_ci, dict) and perf_ci.get("estimable") is False:
+        out.append(f"Confidence intervals are not estimable ({' '.join(str(perf_ci.get('reason') or '').split())}).")
     leakage = figures.get("leakage") or {}
     rate = leakage.get("max_rate")
     if isinstance(rate, (int, float)) and rate > 0:

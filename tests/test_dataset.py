@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -207,3 +208,92 @@ def test_cli_help_does_not_import_tensorflow():
             "from audit.cli import main; "
             "sys.exit(1 if 'tensorflow' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+# ------------------------------------------------------------------------------------- portable manifests
+def _masked_project(root: Path) -> Manifest:
+    """An OASIS-like dataset under ``root/data`` whose samples carry a mask and a brain mask file."""
+    manifest, _ = split_manifest(index_dataset(make_oasis_like(root / "data", subjects_per_class=2, slices=2)), seed=0)
+    samples = []
+    for s in manifest:
+        mask = write_png(root / "data" / "masks" / s.path.parent.name / s.path.name.replace(".jpg", ".png"),
+                         np.full((52, 44), 255, np.uint8))
+        brain = write_png(root / "data" / "brain_masks" / s.path.name.replace(".jpg", ".png"),
+                          np.full((52, 44), 255, np.uint8))
+        samples.append(Sample(path=s.path, label=s.label, subject_id=s.subject_id, split=s.split, mask_path=mask,
+                              extra={"brain_mask_path": str(brain), "height": 52}))
+    return manifest.subset(samples)
+
+
+def _assert_loads(csv_path: Path, n: int) -> None:
+    from model.pipeline import load_masks, load_slices
+
+    manifest = read_manifest(csv_path)
+    assert len(manifest) == n and not manifest.skipped and manifest.has_splits
+    assert all(s.path.is_file() and s.mask_path.is_file() and Path(s.extra["brain_mask_path"]).is_file()
+               for s in manifest)
+    assert load_slices(manifest.samples, (52, 44)).shape[0] == n
+    assert load_masks(manifest.samples, (52, 44), column="brain_mask_path").all()
+
+
+def test_manifests_are_written_relative_and_survive_a_move(tmp_path):
+    project = tmp_path / "project"
+    manifest = _masked_project(project)
+    inside = write_manifest(manifest, project / "data" / "split_manifest.csv")
+    outside = write_manifest(manifest, project / "run" / "split_manifest.csv")  # like training's run folder
+    for csv_path in (inside, outside):
+        text = csv_path.read_text()
+        assert str(tmp_path) not in text and "\\" not in text
+    assert "\nNon Demented/OAS1_0001_MR1_mpr-1_100.jpg," in inside.read_text()
+    assert ",masks/Non Demented/OAS1_0001_MR1_mpr-1_100.png,brain_masks/OAS1_0001_MR1_mpr-1_100.png," in inside.read_text()
+    assert "\n../data/Non Demented/OAS1_0001_MR1_mpr-1_100.jpg," in outside.read_text()
+
+    moved = tmp_path / "elsewhere" / "deeper"
+    moved.parent.mkdir()
+    shutil.move(str(project), str(moved))
+    assert not project.exists()
+    _assert_loads(moved / "data" / "split_manifest.csv", len(manifest))
+    _assert_loads(moved / "run" / "split_manifest.csv", len(manifest))
+    copied = tmp_path / "copy_of_data"
+    shutil.copytree(moved / "data", copied)
+    shutil.rmtree(moved / "data")
+    _assert_loads(copied / "split_manifest.csv", len(manifest))
+
+
+def test_training_split_manifest_survives_moving_the_run_with_its_data(tmp_path):
+    from model.train import TrainConfig, prepare_split
+
+    project = tmp_path / "project"
+    make_oasis_like(project / "data", subjects_per_class=4, slices=1)
+    prepare_split(TrainConfig(data=str(project / "data"), out=str(project / "run")), project / "run")
+    shutil.move(str(project), str(tmp_path / "moved"))
+    again = prepare_split(TrainConfig(data="no/longer/here", out="x"), tmp_path / "moved" / "run")
+    assert len(again) == 16 and all(s.path.is_file() for s in again)
+
+
+def test_old_absolute_manifests_still_load(tmp_path):
+    manifest = _masked_project(tmp_path)
+    rows = ["path,label,subject_id,split,mask_path,brain_mask_path"]
+    rows += [f"{s.path},{s.label},{s.subject_id},{s.split},{s.mask_path},{s.extra['brain_mask_path']}" for s in manifest]
+    old = tmp_path / "elsewhere" / "old_manifest.csv"
+    old.parent.mkdir()
+    old.write_text("\n".join(rows) + "\n")
+    _assert_loads(old, len(manifest))
+    # Re-written by this version, the same manifest becomes relative (and still loads).
+    rewritten = write_manifest(read_manifest(old), old)
+    assert str(tmp_path) not in rewritten.read_text()
+    _assert_loads(rewritten, len(manifest))
+
+
+def test_a_path_on_another_drive_stays_absolute(tmp_path, monkeypatch):
+    import os
+
+    from model import manifest as manifest_module
+
+    def no_relative_path(*args):
+        raise ValueError("path is on mount 'D:', start on mount 'C:'")
+
+    monkeypatch.setattr(os.path, "relpath", no_relative_path)
+    target = tmp_path / "a" / "x.png"
+    assert manifest_module._relative(target, tmp_path / "b") == target.as_posix()
+    assert manifest_module._relative(target, tmp_path) == "a/x.png"  # inside the folder: no relpath needed

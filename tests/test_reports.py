@@ -15,7 +15,7 @@ from markupsafe import escape
 from pypdf import PdfReader
 
 from audit.schema_io import load_schema, validate_audit
-from fixtures.make_audit_fixture import make_audit, write_audit, write_audit_fixture
+from fixtures.make_audit_fixture import CLASSES, make_audit, write_audit, write_audit_fixture
 from model.errors import AlzAuditError
 from reports import render_report
 from reports.assets import AssetReader
@@ -284,3 +284,65 @@ def test_cli_report_does_not_import_tensorflow(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "OK" in result.stdout and "report.html" in result.stdout
     assert (tmp_path / "cli" / "report.html").exists() and not (tmp_path / "cli" / "report.pdf").exists()
+
+
+# ---- absent stages and tiny splits ------------------------------------------------------------------------------
+
+def _visible(html: str) -> str:
+    """The HTML without inline images (base64 can spell anything)."""
+    return re.sub(r"data:[^\"')]+", "", html)
+
+
+def _audit_without(tmp_path: Path, present: list[int], *, subjects_per_class: int = 6) -> dict:
+    """The fixture audit with figures.performance computed by model.evaluate on a split lacking stages."""
+    import numpy as np
+
+    from model.evaluate import Predictions, evaluate_predictions
+
+    classes = list(CLASSES)
+    rng = np.random.default_rng(0)
+    y = np.repeat(present, subjects_per_class * 2)
+    subjects = [f"S{i // 2}" for i in range(len(y))]
+    probs = rng.dirichlet(np.ones(4), len(y))
+    probs[np.arange(len(y)), y] += 0.8
+    probs /= probs.sum(axis=1, keepdims=True)
+    perf = evaluate_predictions(Predictions(paths=[""] * len(y), subjects=subjects, y_true=y, probs=probs),
+                                n_resamples=50)
+    audit = make_audit(tmp_path)
+    audit["figures"]["performance"] = json.loads(json.dumps(perf, allow_nan=False))
+    audit["data"]["counts"]["test"] = {c: int((y == i).sum()) for i, c in enumerate(classes)}
+    audit["data"]["subjects"] = {c: len({s for s, t in zip(subjects, y) if t == i}) for i, c in enumerate(classes)}
+    audit["data"]["not_estimable"] = perf["not_estimable"]
+    validate_audit(audit)
+    return audit
+
+
+@pytest.mark.parametrize("present", [[0, 1, 2], [0, 1]], ids=["one stage absent", "two stages absent"])
+def test_report_of_a_split_without_a_stage_says_it_is_absent(tmp_path, present):
+    audit = _audit_without(tmp_path, present)
+    absent = [c for i, c in enumerate(CLASSES) if i not in present]
+    written = render_report(write_audit(tmp_path, audit), pdf=len(present) == 3)
+    html = _visible(written["html"].read_text(encoding="utf-8"))
+    assert not re.search(r"\bNone\b|\bnan\b|\bNaN\b", html)
+    assert f"Absent from the test split: {', '.join(absent)}." in html
+    for c in absent:
+        assert f"not estimable (no {c} images in the evaluated split)" in html
+        assert f"Class {c} is absent from the test split" in html
+        assert f"Class {c} has fewer than 5 subjects" not in html
+    assert f"average over the {len(present)} stages present" in html
+    assert "ROC curves not drawn: " + "; ".join(f"{c}: not estimable (no {c} images in the evaluated split)"
+                                                for c in absent) in html
+    assert "figure &#39;" not in html  # every figure drew
+    if len(present) == 3:  # one PDF is enough (a few seconds)
+        text = pdf_text(written["pdf"])
+        assert f"Absentfromthetestsplit:{','.join(absent)}" in text and "notestimable" in text
+
+
+def test_report_of_a_one_subject_split_has_no_interval(tmp_path):
+    audit = _audit_without(tmp_path, [0], subjects_per_class=1)
+    assert audit["figures"]["performance"]["ci"]["estimable"] is False
+    html = _visible(render_report(write_audit(tmp_path, audit), pdf=False)["html"].read_text(encoding="utf-8"))
+    assert not re.search(r"\bNone\b|\bnan\b|\bNaN\b", html)
+    assert ("Confidence intervals: not estimable (1 subject in the evaluated split; a bootstrap interval needs "
+            "at least 2).") in html
+    assert "ROC curves not drawn: NonDemented: not estimable (every image of the evaluated split is NonDemented" in html
