@@ -5,7 +5,11 @@ from model.classes import CLASSES
 
 
 def _ci(run, key: str) -> str:
-    lo, hi = run.performance["ci"][key]
+    ci = run.performance.get("ci") or {}
+    interval = ci.get(key)
+    if not interval:
+        return f"95% CI not estimable: {ci.get('reason') or 'not computed'}"
+    lo, hi = interval
     return f"95% CI {lo:.3f}-{hi:.3f}, {run.performance['ci_method']}"
 
 
