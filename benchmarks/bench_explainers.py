@@ -8,13 +8,23 @@ Xplique's, a step-by-step loop) at the same number of steps. First-call (build +
 reported apart from steady-state time. Timings are the best of ``--repeats`` rounds after a warm-up,
 the contenders called in turn each round so that drifting load on a shared machine hits them alike.
 
+The ``ig-schemes`` section measures what IG's cost buys: completeness error (median, p95 over images)
+against gradient evaluations per image for trapezoid IG at 16/32/64/128 intervals, the node choices
+that were weighed against it (Gauss–Legendre, midpoint, Simpson by Richardson extrapolation), and the
+adaptive nested-doubling scheme at the default tolerance, timed against fixed 64 steps in the same run.
+It uses a trained model (``--ig-model``, e.g. the demo's) on test slices (``--ig-data``), else a small
+model trained here for a few seconds on blob images.
+
     .venv/bin/python benchmarks/bench_explainers.py                  # ours only
     .venv-bench/bin/python benchmarks/bench_explainers.py            # + Xplique, tf-keras-vis
+    .venv/bin/python benchmarks/bench_explainers.py --sections ig-schemes \
+        --ig-model out/demo/run/model.keras --ig-data out/demo/run/split_manifest.csv
     (see benchmarks/requirements-bench.txt for .venv-bench)
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import sys
@@ -42,6 +52,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--ig-repeats", type=int, default=2, help="interleaved IG rounds (ResNet50 IG is ~3 s/image)")
     p.add_argument("--ig-loop-steps", type=int, default=6, help="steps timed in the step-by-step IG loop")
     p.add_argument("--no-toolkits", action="store_true", help="skip Xplique and tf-keras-vis")
+    p.add_argument("--sections", default="speed,ig-schemes", help="speed, ig-schemes (comma-separated)")
+    p.add_argument("--ig-model", help="trained .keras model for ig-schemes (default: a small model trained here)")
+    p.add_argument("--ig-data", help="manifest CSV whose test split gives the ig-schemes images")
+    p.add_argument("--ig-scheme-images", type=int, default=16, help="images in the ig-schemes section")
+    p.add_argument("--ig-scheme-repeats", type=int, default=2, help="interleaved rounds timing adaptive vs 64")
     return p.parse_args()
 
 
@@ -281,6 +296,140 @@ def run_ig(backbone, model, ig_images, args, table: Table, toolkits: dict) -> No
               f"{loop_steps} of {steps + 1} steps timed, extrapolated", cpu * 1e3)
 
 
+# ---------------------------------------------------------------------------------------------- IG schemes
+def scheme_images(args):
+    """(model, images, description): the trained model and test slices, or a small model trained here."""
+    from audit.explain.layers import input_shape
+    from model.network import load_model
+
+    if args.ig_model:
+        model = load_model(args.ig_model)
+        size = input_shape(model)[:2]
+        if args.ig_data:
+            from model.manifest import read_manifest
+            from model.pipeline import load_slices
+
+            samples = [s for s in read_manifest(args.ig_data) if s.split == "test"] or list(read_manifest(args.ig_data))
+            pick = np.sort(np.random.default_rng(0).permutation(len(samples))[:args.ig_scheme_images])
+            images = load_slices([samples[i] for i in pick], size).astype(np.float32)[..., None]
+            return model, images, f"{args.ig_model}, {len(images)} test slices of {args.ig_data}"
+        images = blob_images(args.ig_scheme_images, size[0], seed=1)[0]
+        return model, images, f"{args.ig_model}, {len(images)} blob images"
+    return trained_small_model(args.ig_scheme_images)
+
+
+def blob_images(n: int, size: int, seed: int):
+    """Bright discs of four radii (the class) on a dark, noisy background."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    labels = rng.integers(0, 4, n)
+    images = np.empty((n, size, size, 1), np.float32)
+    for i, c in enumerate(labels):
+        cy, cx = rng.uniform(0.35, 0.65, 2) * size
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 < (size * (0.08 + 0.06 * c)) ** 2
+        images[i, ..., 0] = np.clip(disc * 170.0 + 40 + rng.normal(0, 12, (size, size)), 0, 255)
+    return images, labels
+
+
+def trained_small_model(n_images: int, size: int = 64):
+    """The fallback: the small backbone trained for a few epochs on blob images (seconds on 2 cores)."""
+    import keras
+
+    from model.network import build_classifier
+
+    model = build_classifier("small", None, size, seed=0)
+    x, y = blob_images(512, size, seed=0)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+    model.fit(x, y, batch_size=32, epochs=4, verbose=0)
+    return model, blob_images(n_images, size, seed=1)[0], f"small backbone {size} px trained 4 epochs on blobs"
+
+
+def path_scores(model, images, targets, alphas, batch):
+    """s(alpha) = sum over pixels of (x - x') * dF/dx at x' + alpha (x - x'), and F, per (image, alpha)."""
+    from audit.explain.ig import _balanced_batches, ig_function
+
+    step = ig_function(model, "logit")
+    n, k = len(images), len(alphas)
+    image_of, alpha_of = np.repeat(np.arange(n), k), np.tile(alphas, n)
+    s, f = np.empty(n * k), np.empty(n * k)
+    baselines = np.zeros_like(images)
+    for rows in _balanced_batches(n * k, batch):
+        ids = image_of[rows]
+        grads, values = step(images[ids], baselines[ids], alpha_of[rows].astype(np.float32), targets[ids])
+        s[rows] = (grads.numpy().astype(np.float64) * images[ids]).reshape(len(rows), -1).sum(axis=1)
+        f[rows] = values.numpy()
+    return s.reshape(n, k), f.reshape(n, k)
+
+
+def trapezoid(s_grid: np.ndarray, m: int) -> np.ndarray:
+    """Trapezoid sums over m intervals from scores on the 128-interval grid (m divides 128)."""
+    sub = s_grid[:, ::(s_grid.shape[1] - 1) // m]
+    return (sub.sum(axis=1) - 0.5 * (sub[:, 0] + sub[:, -1])) / m
+
+
+def relative(total: np.ndarray, delta: np.ndarray) -> np.ndarray:
+    return np.abs(total - delta) / np.abs(delta)
+
+
+def run_ig_schemes(args) -> None:
+    """Completeness error vs gradient evaluations per image for each node choice; adaptive vs fixed 64 timed."""
+    from audit.explain import integrated_gradients, predict
+    from audit.explain.ig import DEFAULT_TOLERANCE, NOT_ESTIMABLE_RTOL
+
+    model, images, what = scheme_images(args)
+    targets = predict(model, images).argmax(axis=1).astype(np.int32)
+    grid = np.arange(129) / 128
+    start = time.perf_counter()
+    s_grid, f_grid = path_scores(model, images, targets, grid, args.batch)
+    delta = f_grid[:, -1] - f_grid[:, 0]
+    scale = np.maximum(1.0, np.maximum(np.abs(f_grid[:, -1]), np.abs(f_grid[:, 0])))
+    keep = np.abs(delta) >= NOT_ESTIMABLE_RTOL * scale
+    rows: list[tuple[str, float, np.ndarray]] = []
+    for m in (16, 32, 64, 128):
+        rows.append((f"trapezoid {m} (nested)", m + 1, relative(trapezoid(s_grid, m), delta)))
+    for m in (16, 32, 64):
+        mid = s_grid[:, 128 // (2 * m)::128 // m].mean(axis=1)  # the midpoints of m intervals
+        rows.append((f"midpoint {m} (nested only x3)", m, relative(mid, delta)))
+    for m in (32, 64, 128):
+        romberg = (4 * trapezoid(s_grid, m) - trapezoid(s_grid, m // 2)) / 3
+        rows.append((f"Simpson {m} (Richardson, nested)", m + 1, relative(romberg, delta)))
+    for m in (16, 32, 64):
+        nodes, weights = np.polynomial.legendre.leggauss(m)
+        s_gl, _ = path_scores(model, images, targets, (nodes + 1) / 2, args.batch)
+        rows.append((f"Gauss-Legendre {m} (not nested)", m, relative(s_gl @ (weights / 2), delta)))
+    for tol in (0.05, 0.02, DEFAULT_TOLERANCE, 0.005):  # the adaptive rule replayed on the grid
+        used = np.full(len(images), 128)
+        for m in (64, 32, 16):
+            used = np.where(relative(trapezoid(s_grid, m), delta) <= tol, m, used)
+        errors = np.array([relative(trapezoid(s_grid[i:i + 1], int(u)), delta[i:i + 1])[0] for i, u in enumerate(used)])
+        rows.append((f"adaptive tol {tol:g} (replayed)", float((used + 1).mean()), errors))
+    grid_s = time.perf_counter() - start
+
+    kwargs = dict(targets=targets, batch_size=args.batch)
+    adaptive = integrated_gradients(model, images, tolerance=DEFAULT_TOLERANCE, **kwargs)
+    fixed = integrated_gradients(model, images, steps=64, **kwargs)
+    rows.append((f"adaptive tol {DEFAULT_TOLERANCE:g} (run)", adaptive.gradient_evaluations / len(images),
+                 adaptive.completeness_error))
+    best = race({"fixed 64": lambda: integrated_gradients(model, images, steps=64, **kwargs),
+                 "adaptive": lambda: integrated_gradients(model, images, tolerance=DEFAULT_TOLERANCE, **kwargs)},
+                args.ig_scheme_repeats)
+
+    say = functools.partial(print, flush=True)
+    say(f"\nIG schemes: {what}; F = logit, black baseline, {keep.sum()} of {len(images)} images estimable "
+        f"(grid pass {grid_s:.0f} s)")
+    say(f"  {'scheme':38s} {'grads/img':>9s} {'median err':>10s} {'p95 err':>9s} {'max err':>9s}")
+    for name, cost, errors in rows:
+        e = errors[keep & np.isfinite(errors)]
+        say(f"  {name:38s} {cost:9.1f} {np.median(e):10.2%} {np.percentile(e, 95):9.2%} {e.max():9.2%}")
+    counts = {int(m): int((adaptive.steps_used == m).sum()) for m in np.unique(adaptive.steps_used)}
+    say(f"  adaptive default (tolerance {DEFAULT_TOLERANCE:g}): {adaptive.gradient_evaluations / len(images):.1f} "
+        f"gradients per image vs {fixed.gradient_evaluations / len(images):.0f} fixed; images per final step count "
+        f"{counts}; {int(adaptive.converged.sum())} of {len(images)} converged")
+    (fw, fc), (aw, ac) = best["fixed 64"], best["adaptive"]
+    say(f"  time adaptive / fixed 64: {aw / fw:.2f} wall ({aw:.2f} s vs {fw:.2f} s), {ac / fc:.2f} CPU "
+        f"(best of {args.ig_scheme_repeats} interleaved rounds, {len(images)} images, batch {args.batch})")
+
+
 def summarise(table: Table, backbones: list[str], steps: int) -> None:
     print("\nTargets (ratios of the wall-clock ms/img above; CPU-time ratio in brackets where measured):")
 
@@ -324,15 +473,19 @@ def main() -> int:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
           f"python {platform.python_version()}; TF {tf.__version__}; Keras {keras.__version__}; "
           + ", ".join(f"{k} {v}" for k, v in toolkits.items()))
-    print(f"batch {args.batch}; best of {args.repeats} interleaved rounds after a warm-up (IG: {args.ig_repeats}); "
-          "threads intra=2 inter=1; random weights; 'first call' = build + tracing + one call\n")
-    table = Table()
-    print(f"  {'backbone':9s} {'shape':7s} {'method':34s} {'ms/img':>9s} {'cpu ms':>8s} {'1st call':>8s}  note")
-    backbones = [b for b in args.backbones.split(",") if b]
+    sections = {s.strip() for s in args.sections.split(",") if s.strip()}
     start = time.perf_counter()
-    for backbone in backbones:
-        run_backbone(backbone, args, table, toolkits)
-    summarise(table, backbones, args.ig_steps)
+    if "speed" in sections:
+        print(f"batch {args.batch}; best of {args.repeats} interleaved rounds after a warm-up (IG: {args.ig_repeats}); "
+              "threads intra=2 inter=1; random weights; 'first call' = build + tracing + one call\n")
+        table = Table()
+        print(f"  {'backbone':9s} {'shape':7s} {'method':34s} {'ms/img':>9s} {'cpu ms':>8s} {'1st call':>8s}  note")
+        backbones = [b for b in args.backbones.split(",") if b]
+        for backbone in backbones:
+            run_backbone(backbone, args, table, toolkits)
+        summarise(table, backbones, args.ig_steps)
+    if "ig-schemes" in sections:
+        run_ig_schemes(args)
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
     return 0
 

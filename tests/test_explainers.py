@@ -268,7 +268,8 @@ def test_ig_on_a_linear_model_is_exactly_input_delta_times_weight(linear, hand_i
 
 def test_ig_completeness_on_the_small_cnn_at_default_steps(small, small_images):
     result = integrated_gradients(small, small_images, batch_size=48)  # 65 rows per image: batches span images
-    assert result.steps == 64 and result.output == "probability"
+    assert result.steps == 64 and result.output == "logit" and result.gradient_evaluations == 4 * 65
+    assert (result.steps_used == 64).all() and result.estimable.all() and result.converged.all()
     np.testing.assert_allclose(result.attributions.reshape(4, -1).sum(axis=1), result.delta,
                                atol=0.05 * np.abs(result.delta).max())
     assert (result.completeness_error < 0.05).all(), result.completeness_error
@@ -281,6 +282,110 @@ def test_ig_batching_does_not_change_the_result(small, small_images):
     np.testing.assert_allclose(one.attributions, many.attributions, rtol=1e-4, atol=1e-9)
     with pytest.raises(AlzAuditError, match="baseline"):
         integrated_gradients(small, small_images[:1], baseline="white")
+
+
+def test_ig_default_output_is_the_logit_grad_cam_differentiates(small, small_images, linear, hand_images):
+    # Linear model: IG of the logit w . x + b is exactly x * w, whatever the softmax does.
+    kernel = linear.layers[-1].get_weights()[0]
+    result = integrated_gradients(linear, hand_images, [0, 1, 3], steps=4)
+    assert result.output == "logit"
+    for i, target in enumerate([0, 1, 3]):
+        np.testing.assert_allclose(result.attributions[i], hand_images[i] * kernel[:, target].reshape(8, 8, 1),
+                                   rtol=1e-5, atol=1e-6)
+    # Small CNN: delta is the logit from the head's own input, by hand, not the probability.
+    features = keras.Model(small.input, small.get_layer("predictions").input)
+    w, b = small.get_layer("predictions").get_weights()
+    logits = lambda x: np.asarray(features(x, training=False), np.float64) @ w + b  # noqa: E731
+    targets = np.array([0, 1, 2, 3])
+    expected = (logits(small_images) - logits(np.zeros_like(small_images)))[np.arange(4), targets]
+    default = integrated_gradients(small, small_images, targets, steps=8)
+    np.testing.assert_allclose(default.delta, expected, rtol=1e-4, atol=1e-5)
+    probability = integrated_gradients(small, small_images, targets, steps=8, output="probability")
+    assert probability.output == "probability" and not np.allclose(probability.delta, expected)
+
+
+@pytest.fixture(scope="module")
+def tanh_model():
+    """logit_0 = tanh(mean(x)) = -logit_1: along the black-baseline path to a constant image of value U
+    the integrand is U sech^2(U alpha), which gets sharper, so harder to integrate, as U grows."""
+    hidden = keras.layers.Dense(1, activation="tanh", name="hidden")
+    head = keras.layers.Dense(2, activation="softmax", name="predictions")
+    model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(), hidden, head], name="tanh")
+    hidden.set_weights([np.full((16, 1), 1 / 16, np.float32), np.zeros(1, np.float32)])
+    head.set_weights([np.array([[1.0, -1.0]], np.float32), np.zeros(2, np.float32)])
+    return model
+
+
+# Trapezoid relative errors of the integral of U sech^2(U alpha) at 16/32/64/128 intervals:
+# U=4: 1e-5 ..; U=20: 1e-2, 9e-6 ..; U=50: 0.59, 0.046, 1.7e-4 ..; U=200: 5.3, 2.1, 0.59, 0.046.
+DIFFICULTY = np.array([4.0, 20.0, 50.0, 200.0])
+
+
+def test_adaptive_ig_spends_steps_per_image_and_equals_fixed_ig_at_the_steps_used(tanh_model):
+    images = np.broadcast_to(DIFFICULTY[:, None, None, None], (4, 4, 4, 1)).astype(np.float32)
+    result = integrated_gradients(tanh_model, images, tolerance=1e-3, batch_size=7)
+    np.testing.assert_array_equal(result.steps_used, [16, 32, 64, 128])
+    np.testing.assert_array_equal(result.converged, [True, True, True, False])
+    assert result.completeness_error[3] > 1e-3 and (result.completeness_error[:3] <= 1e-3).all()
+    assert result.steps == 128 and result.tolerance == 1e-3 and result.estimable.all()
+    assert result.gradient_evaluations == (result.steps_used + 1).sum()  # every gradient reused
+    for i, used in enumerate(result.steps_used):
+        fixed = integrated_gradients(tanh_model, images[i:i + 1], steps=int(used), batch_size=64)
+        np.testing.assert_allclose(result.attributions[i], fixed.attributions[0], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(result.completeness_error[i], fixed.completeness_error[0], rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(result.delta[i], fixed.delta[0], rtol=1e-6)
+        np.testing.assert_allclose(result.heatmaps[i], fixed.heatmaps[0], atol=1e-6)
+
+
+def test_adaptive_ig_costs_less_than_fixed_steps_where_images_converge_early(tanh_model):
+    images = np.broadcast_to(DIFFICULTY[:2, None, None, None], (2, 4, 4, 1)).astype(np.float32)
+    adaptive = integrated_gradients(tanh_model, images, tolerance=1e-3)
+    fixed = integrated_gradients(tanh_model, images, steps=64)
+    assert adaptive.gradient_evaluations == 17 + 33 < fixed.gradient_evaluations == 2 * 65
+    assert adaptive.converged.all() and fixed.converged.all()  # no tolerance: converged = estimable
+
+
+def test_adaptive_ig_never_exceeds_max_steps(tanh_model):
+    images = np.full((2, 4, 4, 1), 200.0, np.float32)
+    capped = integrated_gradients(tanh_model, images, tolerance=1e-3, min_steps=8, max_steps=100)
+    assert capped.steps == 64 and (capped.steps_used == 64).all() and not capped.converged.any()
+    assert capped.gradient_evaluations == 2 * 65
+    assert (integrated_gradients(tanh_model, images, tolerance=1e-3, min_steps=4, max_steps=4).steps_used == 4).all()
+
+
+def test_not_estimable_completeness_is_nan_and_never_loops(linear, hand_images):
+    from audit.quality import convergence
+
+    inputs = keras.Input((8, 8, 1))
+    blind = keras.Model(inputs, keras.layers.Dense(3, activation="softmax", kernel_initializer="zeros",
+                                                   bias_initializer="ones")(keras.layers.Flatten()(inputs)))
+    for result in (integrated_gradients(blind, hand_images, tolerance=0.01),  # logit ignores the input
+                   integrated_gradients(blind, hand_images, steps=8),
+                   integrated_gradients(linear, hand_images, baseline=hand_images, tolerance=0.01)):  # x == x'
+        assert np.isnan(result.completeness_error).all() and not result.estimable.any()
+        assert not result.converged.any() and (result.delta == 0).all()
+        assert np.isfinite(result.attributions).all() and (result.heatmaps == 0).all()
+    assert (result.steps_used == 16).all() and result.gradient_evaluations == 3 * 17
+    # One estimable image beside them: only it enters the summary; the rest are counted apart.
+    mixed = integrated_gradients(linear, hand_images, baseline=np.stack([hand_images[0], 0 * hand_images[0],
+                                                                         hand_images[2]]), steps=8)
+    np.testing.assert_array_equal(mixed.estimable, [False, True, False])
+    summary = convergence(mixed.completeness_error).summary
+    assert summary["n"] == 1 and summary["n_not_estimable"] == 2 and summary["median"] < 1e-4
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"tolerance": 0.0}, "tolerance: must be a positive number"),
+    ({"tolerance": "tight"}, "tolerance: must be a positive number"),
+    ({"tolerance": 0.01, "min_steps": 32, "max_steps": 16}, "max_steps: must be at least min_steps"),
+    ({"tolerance": 0.01, "min_steps": 0}, "min_steps: must be at least 1"),
+    ({"steps": 0}, "--steps: must be at least 1"),
+    ({"output": "softmax"}, "unknown IG output"),
+])
+def test_ig_option_errors_are_one_line(linear, hand_images, kwargs, message):
+    with pytest.raises(AlzAuditError, match=message) as info:
+        integrated_gradients(linear, hand_images, **kwargs)
+    assert "\n" not in str(info.value)
 
 
 # ------------------------------------------------------------------------------------------ SmoothGrad

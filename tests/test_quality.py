@@ -440,5 +440,6 @@ def test_localization_rejects_mismatched_masks(masks):
 def test_convergence_is_lower_better_absolute_error():
     r = convergence(np.array([-0.1, 0.05, 0.0, np.nan]))
     assert not r.higher_is_better and r.summary["n"] == 3 and r.summary["mean"] == pytest.approx(0.05)
+    assert r.summary["n_not_estimable"] == 1  # NaN = not estimable: counted apart, not in n
     assert "Sundararajan" in r.cites[0]
     assert to_jsonable(r)["per_sample"][-1] is None

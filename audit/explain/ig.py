@@ -1,13 +1,23 @@
-"""Integrated Gradients (Sundararajan et al. 2017) with every interpolation step batched and compiled.
+"""Integrated Gradients (Sundararajan et al. 2017), batched, compiled and (optionally) adaptive per image.
 
-The path integral from a baseline x' to the image x is a trapezoidal Riemann sum over ``steps``
-intervals (``steps + 1`` gradient evaluations per image). All (image, step) pairs are laid out as rows
-and pushed through one compiled gradient function ``batch_size`` rows at a time, so a batch can span
-the steps of several images, or part of one. Completeness (sum of attributions = F(x) - F(x')) is
-reported per image, so callers can see whether ``steps`` was enough.
+F is the target class's pre-softmax logit by default, the score Grad-CAM differentiates too, so the two
+maps explain the same quantity (and a saturated softmax cannot flatten the gradients to ~0).
+
+The path integral from a baseline x' to the image x is a trapezoidal sum over ``m`` equal intervals
+(``m + 1`` gradient evaluations per image). Trapezoid nodes are nested: the nodes for ``m`` intervals are
+every other node for ``2m``, so refining an image from ``m`` to ``2m`` costs only the ``m`` new midpoints
+and every gradient already computed is reused (Gauss–Legendre nodes are more accurate at a fixed count
+but share no nodes between counts). With a ``tolerance`` each image starts at ``min_steps`` intervals
+and doubles until its completeness error (|Σ attributions − (F(x) − F(x'))| / |F(x) − F(x')|) is at most
+the tolerance, or ``max_steps`` is reached: gradients are spent only on the images that need them.
+
+All (image, alpha) rows of a round — from every image still refining — are laid out together and pushed
+through one compiled gradient function ``batch_size`` rows at a time, so a batch can span several
+images, or part of one.
 """
 from __future__ import annotations
 
+import math
 import weakref
 from dataclasses import dataclass
 
@@ -18,20 +28,33 @@ from audit.explain.layers import (cached, check_images, check_targets, input_sha
 from audit.explain.normalise import normalise_maps
 from model.errors import AlzAuditError
 
-OUTPUTS = ("probability", "logit")
+OUTPUTS = ("logit", "probability")
 BASELINES = ("black", "blur")
+# A tolerance for callers that want the adaptive scheme without choosing one: 1% relative completeness
+# error, a tenth of the gate's default median threshold (docs/measurements.md has the cost it buys).
+DEFAULT_TOLERANCE = 0.01
+# |F(x) - F(x')| below this times max(1, |F(x)|, |F(x')|) is at the level of float32 rounding of F, so
+# the relative completeness error would divide noise by noise: it is reported as not estimable (NaN).
+NOT_ESTIMABLE_RTOL = 1e-6
 
 
 @dataclass(frozen=True)
 class IGResult:
     """What :func:`integrated_gradients` returns (all per image, N = number of images).
 
-    attributions: float32 ``(N, H, W, C)``, (x - x') * averaged gradient; they sum to ``delta``.
+    attributions: float32 ``(N, H, W, C)``, (x - x') * averaged gradient; they sum to ~``delta``.
     heatmaps: float32 ``(N, H, W)``, |sum over channels of attributions| scaled to [0, 1] for display.
     delta: float64 ``(N,)``, F(x) - F(x') for the explained class.
-    completeness_error: float64 ``(N,)``, |sum(attributions) - delta| / |delta| (relative; when
-        |delta| < 1e-9 the denominator is 1e-9, so look at ``delta`` too).
-    targets: int64 ``(N,)``, the class each row explains. output: which F ("probability" | "logit").
+    completeness_error: float64 ``(N,)``, |sum(attributions) - delta| / |delta|; NaN where ``estimable``
+        is False (delta too small to divide by, see ``NOT_ESTIMABLE_RTOL``).
+    targets: int64 ``(N,)``, the class each row explains. output: which F ("logit" | "probability").
+    steps: the fixed number of intervals, or with a tolerance the most any image was allowed.
+    estimable: bool ``(N,)``, |delta| >= NOT_ESTIMABLE_RTOL * max(1, |F(x)|, |F(x')|).
+    steps_used: int64 ``(N,)``, intervals each image ended with (= ``steps`` without a tolerance).
+    converged: bool ``(N,)``, estimable and (no tolerance, or completeness_error <= tolerance). A
+        not-estimable image is never "converged": nothing shows its integral is accurate.
+    gradient_evaluations: total (image, alpha) gradient rows computed, over all images.
+    tolerance: the tolerance asked for, or None (fixed steps).
     """
 
     attributions: np.ndarray
@@ -41,54 +64,123 @@ class IGResult:
     targets: np.ndarray
     output: str
     steps: int
+    estimable: np.ndarray
+    steps_used: np.ndarray
+    converged: np.ndarray
+    gradient_evaluations: int
+    tolerance: float | None = None
 
 
 def integrated_gradients(model, images, targets=None, *, baseline="black", steps: int = 64,
-                         batch_size: int = 32, output: str = "probability") -> IGResult:
-    """Integrated Gradients of F = the target class's softmax probability (default) or its logit.
+                         batch_size: int = 32, output: str = "logit", tolerance: float | None = None,
+                         min_steps: int = 16, max_steps: int | None = None) -> IGResult:
+    """Integrated Gradients of F = the target class's logit (default) or its softmax probability.
 
     ``baseline``: ``"black"`` (all-zero intensities), ``"blur"`` (each image Gaussian-blurred with sigma =
     max(H, W) / 16, a baseline that keeps the mean brightness) or an array broadcastable to the images.
-    ``steps``: trapezoidal intervals; ``batch_size``: rows (image x step pairs) per compiled call.
-    ``output="probability"`` differentiates the model's own output (the softmax probability for a
-    softmax head: the F of the completeness figures in REFERENCES.md); ``"logit"`` the pre-softmax score.
+    ``steps``: trapezoidal intervals when ``tolerance`` is None; ``batch_size``: rows (image x alpha
+    pairs) per compiled call. ``output="logit"`` differentiates the pre-softmax score, as Grad-CAM does;
+    ``"probability"`` the model's own output (the softmax probability for a softmax head).
+
+    ``tolerance`` (relative completeness error, e.g. ``DEFAULT_TOLERANCE``) makes the step count adaptive
+    per image: ``min_steps`` intervals first, then doubling (reusing every gradient) while the image's
+    error exceeds the tolerance, up to the largest ``min_steps * 2**k <= max_steps`` (default
+    ``max(steps, 128)``). An image whose delta is not estimable stops at ``min_steps``, since more
+    steps cannot make it estimable. The result at ``steps_used[i]`` equals fixed-steps IG at that count.
     """
     if output not in OUTPUTS:
         raise AlzAuditError(f"--output: unknown IG output '{output}' (choose {', '.join(OUTPUTS)})")
-    if int(steps) < 1:
-        raise AlzAuditError(f"--steps: must be at least 1, got {steps}")
     if batch_size < 1:
         raise AlzAuditError(f"--batch-size: must be at least 1, got {batch_size}")
-    steps = int(steps)
+    levels = step_levels(steps, tolerance, min_steps, max_steps)
+    tolerance = None if tolerance is None else float(tolerance)
     images = check_images(model, images)
     wanted = check_targets(targets, len(images), n_outputs(model))
     if (wanted < 0).any():
         predicted = predict(model, images, batch_size=batch_size).argmax(axis=1)
         wanted = np.where(wanted < 0, predicted, wanted).astype(np.int32)
     baselines = make_baselines(images, baseline)
-    step = ig_function(model, output)
+    gradient = ig_function(model, output)
+    n = len(images)
+    path = images.astype(np.float64) - baselines
+    # Per image: 0.5 * (g(0) + g(1)) + the sum of every interior gradient so far. With m intervals the
+    # trapezoid's mean gradient is acc / m; refining to 2m only adds the new midpoints to it.
+    acc = np.zeros(images.shape, np.float64)
 
-    n, per_image = len(images), steps + 1
-    weights = np.full(per_image, 1.0 / steps)
-    weights[[0, -1]] *= 0.5
-    alphas = np.linspace(0.0, 1.0, per_image)
-    summed = np.zeros(images.shape, np.float64)
-    scores = np.zeros((n, per_image), np.float64)
-    for rows in _balanced_batches(n * per_image, batch_size):
-        image_of, step_of = rows // per_image, rows % per_image
-        grads, values = step(images[image_of], baselines[image_of], alphas[step_of].astype(np.float32),
-                             wanted[image_of])
-        weighted = grads.numpy().astype(np.float64) * weights[step_of][:, None, None, None]
-        firsts = np.flatnonzero(np.r_[True, image_of[1:] != image_of[:-1]])
-        summed[image_of[firsts]] += np.add.reduceat(weighted, firsts, axis=0)
-        scores[image_of, step_of] = values.numpy()
+    def run(image_ids: np.ndarray, alphas: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """Evaluate gradients at every (image, alpha) and add weight * gradient into ``acc``; F per row."""
+        image_of = np.repeat(image_ids, len(alphas))
+        alpha_of = np.tile(alphas, len(image_ids))
+        weight_of = np.tile(weights, len(image_ids))
+        values = np.empty(len(image_of), np.float64)
+        for rows in _balanced_batches(len(image_of), batch_size):
+            ids = image_of[rows]
+            grads, scores = gradient(images[ids], baselines[ids], alpha_of[rows].astype(np.float32), wanted[ids])
+            weighted = grads.numpy().astype(np.float64) * weight_of[rows][:, None, None, None]
+            firsts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+            acc[ids[firsts]] += np.add.reduceat(weighted, firsts, axis=0)
+            values[rows] = scores.numpy()
+        return values.reshape(len(image_ids), len(alphas))
 
-    attributions = (images.astype(np.float64) - baselines) * summed
-    delta = scores[:, -1] - scores[:, 0]
-    gap = np.abs(attributions.reshape(n, -1).sum(axis=1) - delta)
-    error = gap / np.maximum(np.abs(delta), 1e-9)
+    everyone = np.arange(n)
+    first = levels[0]
+    ends = np.ones(first + 1)
+    ends[[0, -1]] = 0.5
+    scores = run(everyone, np.arange(first + 1) / first, ends)
+    evaluations = n * (first + 1)
+    f_baseline, f_image = scores[:, 0], scores[:, -1]
+    delta = f_image - f_baseline
+    scale = np.maximum(1.0, np.maximum(np.abs(f_image), np.abs(f_baseline)))
+    estimable = np.abs(delta) >= NOT_ESTIMABLE_RTOL * scale
+    steps_used = np.full(n, first, np.int64)
+    error = np.full(n, np.nan)
+
+    def measure(ids: np.ndarray) -> None:
+        total = (path[ids] * acc[ids]).reshape(len(ids), -1).sum(axis=1) / steps_used[ids]
+        error[ids] = np.abs(total - delta[ids]) / np.where(estimable[ids], np.abs(delta[ids]), 1.0)
+
+    measure(everyone)
+    error[~estimable] = np.nan
+    active = everyone[estimable] if tolerance is not None else everyone[:0]
+    for m in levels[1:]:
+        active = active[error[active] > tolerance]
+        if not len(active):
+            break
+        half = m // 2  # the new nodes are the midpoints of the previous level's intervals
+        run(active, (2 * np.arange(half) + 1) / m, np.ones(half))
+        evaluations += len(active) * half
+        steps_used[active] = m
+        measure(active)
+
+    attributions = path * acc / steps_used[:, None, None, None]
+    converged = estimable & (error <= tolerance) if tolerance is not None else estimable.copy()
     heatmaps = normalise_maps(np.abs(attributions.sum(axis=-1)))
-    return IGResult(attributions.astype(np.float32), heatmaps, delta, error, wanted.astype(np.int64), output, steps)
+    return IGResult(attributions.astype(np.float32), heatmaps, delta, error, wanted.astype(np.int64), output,
+                    int(levels[-1]), estimable, steps_used, converged, int(evaluations),
+                    tolerance)
+
+
+def step_levels(steps: int, tolerance: float | None, min_steps: int, max_steps: int | None) -> list[int]:
+    """The interval counts an image may use: ``[steps]``, or ``min_steps`` doubled up to ``max_steps``."""
+    if tolerance is None:
+        if int(steps) < 1:
+            raise AlzAuditError(f"--steps: must be at least 1, got {steps}")
+        return [int(steps)]
+    try:
+        valid = math.isfinite(float(tolerance)) and float(tolerance) > 0
+    except (TypeError, ValueError):
+        valid = False
+    if not valid:
+        raise AlzAuditError(f"tolerance: must be a positive number (relative completeness error), got {tolerance!r}")
+    top = max(int(steps), 128) if max_steps is None else int(max_steps)
+    if int(min_steps) < 1:
+        raise AlzAuditError(f"min_steps: must be at least 1, got {min_steps}")
+    if top < int(min_steps):
+        raise AlzAuditError(f"max_steps: must be at least min_steps ({min_steps}), got {top}")
+    levels = [int(min_steps)]
+    while levels[-1] * 2 <= top:
+        levels.append(levels[-1] * 2)
+    return levels
 
 
 def _balanced_batches(total: int, batch_size: int) -> list[np.ndarray]:
@@ -134,7 +226,7 @@ def _blurred(images: np.ndarray) -> np.ndarray:
     return out
 
 
-def ig_function(model, output: str = "probability"):
+def ig_function(model, output: str = "logit"):
     """The cached compiled step ``(x, x', alpha (B,), targets (B,)) -> (dF/dx at x' + alpha (x - x'), F)``."""
     scorer = model if output == "probability" else logit_model(model)
     return cached(model, ("ig", output), lambda: _compile(scorer, input_shape(model)))
