@@ -30,7 +30,9 @@ class AuditConfig:
     batch_size: int = 32
     gradcam_images: int = 0          # 0 = all images of the split
     ig_images: int = 64
-    ig_steps: int = 64
+    ig_steps: int = 64               # fixed intervals, or the most an image may get when ig_tolerance > 0
+    ig_tolerance: float = 0.05       # adaptive IG: double each image's intervals (16, 32, ...) until its
+                                     # completeness error is within this; 0 = fixed ig_steps everywhere
     stability_images: int = 64
     stability_draws: int = 5
     sigmas: tuple = (0.02, 0.05)
@@ -260,6 +262,8 @@ class AuditRun:
         idx = self.ig_indices
         return self._timed("ig", lambda: integrated_gradients(
             self.model, self.inputs[idx], self.model_targets[idx], steps=self.config.ig_steps,
+            tolerance=self.config.ig_tolerance or None, min_steps=min(16, self.config.ig_steps),
+            max_steps=self.config.ig_steps,
             batch_size=max(self.config.batch_size, 64)))
 
     def _gradcam_for(self, idx: np.ndarray) -> np.ndarray:
@@ -307,15 +311,23 @@ class AuditRun:
 
         idx = self._sample(self.config.faithfulness_images, 3)
         result = self._timed("faithfulness", lambda: faithfulness(
-            self.predict_fn, self.inputs[idx], self._gradcam_for(idx), self.model_targets[idx],
+            self.logit_fn, self.inputs[idx], self._gradcam_for(idx), self.model_targets[idx],
             steps=self.config.faithfulness_steps, seed=self.config.seed,
-            batch_size=max(self.config.batch_size, 64), control_maps=self.control_maps(idx)))
+            batch_size=max(self.config.batch_size, 64), control_maps=self.control_maps(idx),
+            scale_by_spread=True))
         controls = result["controls"]
         result["comparisons"] = {
             curve: self.compare(result[curve], {k: v[curve] for k, v in controls.items()}, idx,
-                                higher_is_better=curve == "insertion_auc")
-            for curve in ("deletion_auc", "insertion_auc")}
+                                higher_is_better=curve != "deletion_auc")
+            for curve in ("deletion_auc", "insertion_auc", "score")}
         return result
+
+    def logit_fn(self, x: np.ndarray) -> np.ndarray:
+        """Model-order class logits for a batch: the score Grad-CAM and IG explain, so faithfulness is
+        measured on the same quantity (a saturated softmax hides how early the evidence is removed)."""
+        from audit.explain.layers import logit_model, predict
+
+        return predict(logit_model(self.model), x, batch_size=max(self.config.batch_size, 64))
 
     @cached_property
     def randomization(self) -> dict:
@@ -468,7 +480,8 @@ def figures_section(run: AuditRun, *, compute: bool = False) -> dict:
         "randomization": safely("randomization", lambda: _randomization_section(run.randomization)),
         "localization": safely("localization", lambda: _localization_section(run.localization)),
         "convergence": safely("convergence", lambda: {"completeness_error": _summary(run.convergence),
-                                                      "steps": run.config.ig_steps}),
+                                                      "steps": run.config.ig_steps,
+                                                      **_ig_effort(run.ig)}),
         "leakage": safely("leakage", lambda: _leakage_section(run.leakage)),
     }
     figures["controls"] = _controls_section(run, have)
@@ -482,6 +495,7 @@ _COMPARISONS = {
     "outside_brain_mass": ("localization", ("outside_brain",)),
     "deletion_auc": ("faithfulness", ("deletion_auc",)),
     "insertion_auc": ("faithfulness", ("insertion_auc",)),
+    "faithfulness_score": ("faithfulness", ("score",)),
     "agreement_spearman": ("agreement", ("spearman",)),
 }
 
@@ -508,6 +522,15 @@ def _controls_section(run: AuditRun, have) -> dict | None:
         except Exception:  # noqa: BLE001
             pass
     return out or None
+
+
+def _ig_effort(result) -> dict:
+    """How many intervals the adaptive IG spent per image, and how many images met the tolerance."""
+    used = np.asarray(getattr(result, "steps_used", [result.steps] * len(result.delta)))
+    return {"tolerance": getattr(result, "tolerance", None), "steps_used_mean": float(used.mean()) if used.size else None,
+            "steps_used_max": int(used.max()) if used.size else None,
+            "gradient_evaluations": int(getattr(result, "gradient_evaluations", (used + 1).sum())),
+            "n_converged": int(np.sum(getattr(result, "converged", []))), "n_images": int(len(result.delta))}
 
 
 def _stability_section(run: AuditRun) -> dict:
@@ -539,6 +562,7 @@ def _faithfulness_section(result: dict) -> dict:
             "random_deletion_auc": _summary(result["deletion_auc_random"]),
             "random_insertion_auc": _summary(result["insertion_auc_random"]),
             "deletion_gain": _summary(result["deletion_gain"]), "insertion_gain": _summary(result["insertion_gain"]),
+            "score": _summary(result.get("score")),
             "curves": {"fraction": curves.get("fraction"), "deletion": curves.get("deletion"),
                        "insertion": curves.get("insertion"), "random_deletion": curves.get("deletion_random"),
                        "random_insertion": curves.get("insertion_random"),

@@ -23,7 +23,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-FIGURES = ("localization_energy", "localization_auprc", "outside_brain_mass", "deletion_auc", "insertion_auc",
+FIGURES = ("localization_energy", "localization_auprc", "outside_brain_mass", "deletion_auc", "insertion_auc", "faithfulness_score",
            "agreement_spearman", "stability_ssim_0.02", "stability_ssim_0.05")
 
 

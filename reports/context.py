@@ -358,6 +358,7 @@ CONTROL_FIGURES = {
     "outside_brain_mass": "Energy outside the brain (lower better)",
     "deletion_auc": "Deletion AUC (lower better)",
     "insertion_auc": "Insertion AUC",
+    "faithfulness_score": "Insertion − deletion AUC",
     "agreement_spearman": "Agreement with IG (Spearman, in brain)",
     "stability_ssim_0.02": "Stability SSIM, σ = 0.02",
     "stability_ssim_0.05": "Stability SSIM, σ = 0.05",

@@ -39,6 +39,10 @@ CATALOG: dict[str, tuple[str, str, str, list[str]]] = {
     "explanations.faithfulness_insertion_gain": ("Faithfulness (insertion)", "explanations",
                                                  "how fast the class probability rises when pixels are revealed "
                                                  "in Grad-CAM order, against each control map's order", [PETSIUK]),
+    "explanations.faithfulness_score": ("Faithfulness (insertion − deletion)", "explanations",
+                                        "insertion AUC minus deletion AUC of the class logit (each image's curves "
+                                        "scaled to the range its logit spans), in Grad-CAM order against each "
+                                        "control map's order: both ends of the ranking in one figure", [PETSIUK]),
     "explanations.randomization_max_similarity": ("Randomization sanity check", "explanations",
                                                   "highest similarity of Grad-CAM maps to the trained model's once "
                                                   "the head and the top half of the backbone's stages are "

@@ -30,6 +30,14 @@ def test_gradcam_is_faithful_on_insertion(gate, run):
                detail=f"insertion AUC, {gain['n']} images", comparison=run.faithfulness["comparisons"]["insertion_auc"])
 
 
+@pytest.mark.check("explanations.faithfulness_score")
+def test_gradcam_ranks_the_evidence_at_both_ends(gate, run):
+    score = run.faithfulness["score"].summary
+    gate.check("explanations.faithfulness_score", score["mean"],
+               detail=f"insertion - deletion AUC of the logit, {score['n']} images",
+               comparison=run.faithfulness["comparisons"]["score"])
+
+
 @pytest.mark.check("explanations.randomization_max_similarity")
 def test_maps_depend_on_the_learned_weights(gate, run):
     result = run.randomization
@@ -43,8 +51,13 @@ def test_maps_depend_on_the_learned_weights(gate, run):
 @pytest.mark.check("explanations.ig_completeness_error")
 def test_integrated_gradients_converged(gate, run):
     summary = run.convergence.summary
+    ig = run.ig
+    steps = getattr(ig, "steps_used", None)
+    effort = (f"adaptive to {run.config.ig_tolerance:g}: {np.mean(steps):.0f} intervals per image on average, "
+              f"at most {run.config.ig_steps}" if run.config.ig_tolerance and steps is not None
+              else f"{run.config.ig_steps} intervals")
     gate.check("explanations.ig_completeness_error", summary["median"],
-               detail=f"{run.config.ig_steps} steps, {summary['n']} images")
+               detail=f"{effort}; {summary['n']} images with an estimable F(x) - F(x')")
 
 
 def _localization(run):

@@ -19,7 +19,7 @@ SCHEMA: dict[str, dict[str, object]] = {
     "performance": {k: "rule" for k in ("accuracy", "balanced_accuracy", "macro_f1", "per_class_recall", "ece")},
     "data": {k: "rule" for k in ("leakage_rate", "subject_overlap", "class_coverage", "unreadable_fraction")},
     "explanations": {k: "rule" for k in ("agreement_spearman", "faithfulness_deletion_gain",
-                                         "faithfulness_insertion_gain",
+                                         "faithfulness_insertion_gain", "faithfulness_score",
                                          "randomization_max_similarity", "ig_completeness_error",
                                          "localization_energy", "localization_auprc", "outside_brain_mass")},
     "stability": {"ssim": "by_sigma", "max_flip_rate": "rule"},
@@ -29,14 +29,15 @@ SCHEMA: dict[str, dict[str, object]] = {
     "audit": {"gradcam_images": int, "ig_images": int, "ig_steps": int, "stability_images": int,
               "stability_draws": int, "faithfulness_images": int, "faithfulness_steps": int,
               "randomization_images": int, "gallery_per_class": int, "batch_size": int,
-              "randomization_gate_fraction": float, "min_mask_share": float},
+              "randomization_gate_fraction": float, "min_mask_share": float, "ig_tolerance": float},
 }
 
 
 # Checks whose figure is also computed for the control maps, so a rule may judge skill over them.
 SKILL_CHECKS = frozenset({
     "explanations.agreement_spearman", "explanations.faithfulness_deletion_gain",
-    "explanations.faithfulness_insertion_gain", "explanations.localization_energy",
+    "explanations.faithfulness_insertion_gain", "explanations.faithfulness_score",
+    "explanations.localization_energy",
     "explanations.localization_auprc", "explanations.outside_brain_mass", "stability.ssim"})
 
 

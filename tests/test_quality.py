@@ -345,7 +345,9 @@ def test_randomization_of_nested_backbone_and_sequential_models(keras, data):
     assert labels == ["logits", "backbone/conv5_block2", "backbone/conv5_block1"]
     before = [w.copy() for w in nested.get_weights()]
     res = cascading_randomization(nested, grad_explainer, x, y)
-    assert res["cloned"] and res["order"] == labels
+    # The cascade runs by backbone stage: both conv5 blocks are re-initialised together.
+    assert res["cloned"] and res["order"] == ["logits", "backbone/conv5"]
+    assert res["gate_stage"] == "backbone/conv5" and res["n_head_stages"] == 1
     assert all(np.array_equal(a, b) for a, b in zip(before, nested.get_weights()))
     assert _all_finite(res["stages"])
 
@@ -443,3 +445,128 @@ def test_convergence_is_lower_better_absolute_error():
     assert r.summary["n_not_estimable"] == 1  # NaN = not estimable: counted apart, not in n
     assert "Sundararajan" in r.cites[0]
     assert to_jsonable(r)["per_sample"][-1] is None
+
+
+# ------------------------------------------------------------------------------ controls, skill, stages
+
+def test_control_maps_are_image_only_scaled_and_deterministic():
+    from audit.quality.controls import CONTROLS, control_maps, edge_maps, foreground_masks
+
+    x, _ = _blob_images(6, 3)
+    x[:, :4] = 0.0  # a dark band: background for the Otsu foreground
+    maps = control_maps(x, seed=5, keys=np.arange(10, 16))
+    assert set(maps) == set(CONTROLS)
+    for name, m in maps.items():
+        assert m.shape == (6, SIZE, SIZE) and m.dtype == np.float32 and m.min() >= 0 and m.max() <= 1, name
+    again = control_maps(x[2:3], seed=5, keys=[12])
+    assert np.allclose(again["random"][0], maps["random"][2])  # same image key -> same random map
+    assert not np.allclose(maps["random"][0], maps["random"][1])
+    assert np.allclose(maps["centre"][0], maps["centre"][5]) and maps["centre"][0].argmax() in (
+        SIZE * (SIZE // 2 - 1) + SIZE // 2 - 1, SIZE * (SIZE // 2) + SIZE // 2 - 1, SIZE * (SIZE // 2 - 1) + SIZE // 2,
+        SIZE * (SIZE // 2) + SIZE // 2)
+    assert set(np.unique(maps["brain_uniform"])) <= {0.0, 1.0} and not maps["brain_uniform"][:, :4].any()
+    assert np.array_equal(maps["brain_uniform"] > 0, foreground_masks(x))
+    brain = np.zeros((6, SIZE, SIZE), bool)
+    brain[:, 8:24, 8:24] = True
+    assert np.array_equal(control_maps(x, brain_masks=brain)["brain_uniform"] > 0, brain)
+    # The edge map is strongest on the bright square's border, not inside it.
+    e = edge_maps(x)
+    assert e.max() == pytest.approx(1.0) and np.all(e.reshape(6, -1).std(axis=1) > 0)
+    # Each image's edges are its own: neighbours in the batch do not bleed into it.
+    assert np.allclose(edge_maps(x[1:2])[0], e[1])
+
+
+def test_skill_is_the_margin_over_the_best_control_with_a_subject_bootstrap():
+    from audit.quality.skill import compare_to_controls
+
+    rng = np.random.default_rng(0)
+    subjects = np.repeat([f"S{i}" for i in range(20)], 4)
+    base = rng.normal(0.3, 0.02, 80)
+    controls = {"weak": base - 0.1, "strong": base, "noise": rng.normal(0.2, 0.05, 80)}
+    good = compare_to_controls(base + 0.1, controls, higher_is_better=True, subjects=subjects)
+    assert good["best_control"] == "strong" and good["skill"] == pytest.approx(0.1)
+    assert good["ci_unit"] == "subject" and good["n_units"] == 20 and good["n_images"] == 80
+    assert good["skill_ci"][0] <= 0.1 <= good["skill_ci"][1] and good["skill_ci"][0] > 0.05
+    useless = compare_to_controls(base + rng.normal(0, 0.05, 80), controls, higher_is_better=True, subjects=subjects)
+    assert useless["skill_ci"][0] < 0 < useless["skill_ci"][1] + 0.05
+    # Lower-is-better figures: skill is still positive when the model beats the controls.
+    low = compare_to_controls(base - 0.1, {"c": base}, higher_is_better=False, subjects=subjects)
+    assert low["skill"] == pytest.approx(0.1) and low["skill_ci"][0] > 0
+    # Unknown subjects: every image is its own unit; NaN images are dropped from every array together.
+    values = base.copy()
+    values[:5] = np.nan
+    by_image = compare_to_controls(values, controls, higher_is_better=True, subjects=None)
+    assert by_image["ci_unit"] == "image" and by_image["n_images"] == 75 and by_image["n_units"] == 75
+    # One subject: no interval; no images: nothing at all.
+    one = compare_to_controls(base[:4], {"c": base[:4]}, higher_is_better=True, subjects=["A"] * 4)
+    assert one["skill"] == pytest.approx(0.0) and one["skill_ci"] == [None, None]
+    none = compare_to_controls(np.array([]), {"c": np.array([])}, higher_is_better=True, subjects=[])
+    assert none["value"] is None and none["skill"] is None
+    json.dumps(good, allow_nan=False)
+
+
+def test_the_best_control_is_picked_inside_each_bootstrap_replicate():
+    """Two controls that tie on average: picking the best per replicate makes the CI honest (lower)."""
+    from audit.quality.skill import compare_to_controls
+
+    rng = np.random.default_rng(1)
+    subjects = np.repeat(np.arange(10), 3).astype(str)
+    a, b = rng.normal(0.5, 0.1, 30), rng.normal(0.5, 0.1, 30)
+    model = (a + b) / 2 + 0.01
+    res = compare_to_controls(model, {"a": a, "b": b}, higher_is_better=True, subjects=subjects)
+    alone = compare_to_controls(model, {res["best_control"]: a if res["best_control"] == "a" else b},
+                                higher_is_better=True, subjects=subjects)
+    assert res["skill_ci"][0] <= alone["skill_ci"][0] + 1e-12
+
+
+def test_backbone_stages_and_the_gate_stage_follow_resnet_naming(keras):
+    from audit.quality.randomization import backbone_stages, gate_stage_index
+
+    L = keras.layers
+    inp = keras.Input((SIZE, SIZE, 3))
+    h = L.Conv2D(2, 3, padding="same", name="conv1_conv")(inp)
+    for stage, blocks in ((2, 2), (3, 2), (4, 3), (5, 2)):
+        for block in range(1, blocks + 1):
+            h = L.Conv2D(2, 3, padding="same", name=f"conv{stage}_block{block}_1_conv")(h)
+    h = L.GlobalAveragePooling2D()(h)
+    model = keras.Model(inp, L.Dense(4, name="predictions")(L.Dense(8, name="fc")(h)))
+    stages, n_head = backbone_stages(randomization_groups(model))
+    labels = [[g.label for g in stage] for stage in stages]
+    assert n_head == 2 and labels[:2] == [["predictions"], ["fc"]]
+    assert labels[2] == ["conv5_block2", "conv5_block1"] and labels[5] == ["conv2_block2", "conv2_block1"]
+    assert labels[-1] == ["conv1_conv"] and len(stages) == 7
+    # head + the top half of 5 backbone stages (rounded up): conv5, conv4, conv3
+    assert gate_stage_index(len(stages), n_head, 0.5) == 4
+    assert gate_stage_index(len(stages), n_head, 0.0) == 2 and gate_stage_index(len(stages), n_head, 1.0) == 6
+
+
+def test_edge_map_control_fails_randomization_at_the_gate_stage_while_gradients_pass(trained, data):
+    x, y = data[0][:8], data[1][:8]
+    edge = lambda _m, images, _t: sobel_explainer(None, images)  # noqa: E731
+    res = cascading_randomization(trained, grad_explainer, x, y, control_explainers={"edge": edge})
+    assert res["gate_similarity"]["spearman"] < 0.5
+    assert res["control_gate_similarity"]["edge"]["spearman"] > 0.99
+    assert res["control_gate_similarity"]["edge"]["hog"] > 0.99
+    assert set(res["stages"][res["order"][0]]) >= {"spearman", "spearman_signed", "ssim", "hog"}
+    as_model = cascading_randomization(trained, sobel_explainer, x, y)
+    assert as_model["gate_similarity"]["spearman"] > 0.99 and not passes_sanity(as_model, 0.5, which="gate")
+
+
+def test_signed_spearman_sees_a_sign_flip_that_absolute_spearman_hides():
+    from audit.quality.base import spearman_rows
+
+    rng = np.random.default_rng(0)
+    m = rng.normal(size=(3, 8, 8))
+    assert np.allclose(spearman_rows(np.abs(m), np.abs(-m)), 1.0)
+    assert np.allclose(spearman_rows(m, -m), -1.0)
+
+
+def test_agreement_inside_the_brain_ignores_brain_versus_background():
+    """A map uniform over the brain agrees with any brain-bright map over the whole image, not inside it."""
+    x, _ = _blob_images(4, 0)
+    brain = np.zeros((4, SIZE, SIZE), np.float32)
+    brain[:, 4:28, 4:28] = 1.0
+    ig_like = brain * np.random.default_rng(0).random((4, SIZE, SIZE)).astype(np.float32)
+    whole = agreement(brain, ig_like)["spearman"].mean
+    inside = agreement(brain, ig_like, region=brain)["spearman"].mean
+    assert whole > 0.5 and abs(inside) < 0.35

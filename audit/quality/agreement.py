@@ -78,7 +78,7 @@ def agreement(maps_a: np.ndarray, maps_b: np.ndarray, *, grid: int = 28, top_fra
     unrelated maps is f/(2-f), ≈0.11 for f=0.2.
 
     ``region`` (``(N, H, W)`` masks, e.g. the brain) restricts the Spearman correlation to the grid cells
-    mostly inside it: over the whole image any two maps that are bright on the brain and dark on the
+    well inside it: over the whole image any two maps that are bright on the brain and dark on the
     background agree (a uniform brain mask scores ≈ 0.95 against IG), which says nothing about evidence.
     """
     a, b = as_maps(maps_a, "maps_a"), as_maps(maps_b, "maps_b")
@@ -88,7 +88,9 @@ def agreement(maps_a: np.ndarray, maps_b: np.ndarray, *, grid: int = 28, top_fra
     cites = [CITES["arun2021"], CITES["adebayo2018"]]
     iou_key = f"iou_top{int(round(100 * top_fraction))}"
     if region is not None:
-        inside = to_grid(np.asarray(region, dtype=np.float32), grid, sigma=0.0, scale=False) > 0.5
+        # Cells whose whole smoothing neighbourhood is inside the region: at its border every smoothed
+        # map fades towards the background, which would again reward brain-versus-background.
+        inside = to_grid(np.asarray(region, dtype=np.float32), grid, sigma=sigma, scale=False) > 0.99
         rho = region_spearman(ga, gb, inside)
     else:
         rho = spearman_rows(ga, gb)

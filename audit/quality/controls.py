@@ -61,9 +61,10 @@ def brain_uniform_maps(images: np.ndarray, brain_masks: np.ndarray | None = None
 def edge_maps(images: np.ndarray) -> np.ndarray:
     """Sobel gradient magnitude of each image: weight-insensitive, yet it follows the anatomy."""
     x = as_images(images)[..., 0].astype(np.float64)
-    gy = sobel(x, axis=1, mode="nearest")
-    gx = sobel(x, axis=2, mode="nearest")
-    return normalize_maps(np.hypot(gx, gy))
+    # One image at a time: an N-D Sobel would also smooth across neighbouring images of the batch.
+    edges = np.stack([np.hypot(sobel(image, axis=0, mode="nearest"), sobel(image, axis=1, mode="nearest"))
+                      for image in x]) if len(x) else np.zeros(x.shape)
+    return normalize_maps(edges)
 
 
 def centre_prior_maps(shape: tuple[int, int, int]) -> np.ndarray:

@@ -19,6 +19,9 @@ from model.errors import AlzAuditError
 # numpy 2 renamed trapz to trapezoid; TensorFlow 2.16/2.17 pin numpy < 2.
 _trapezoid = getattr(np, "trapezoid", None) or getattr(np, "trapz")
 
+SPREAD_TOLERANCE = 1e-3  # a score spanning less than this (relative) over all curves has not moved
+
+
 def blurred_baseline(images: np.ndarray, blur_sigma: float | None = None) -> np.ndarray:
     """The 'removed' image: a Gaussian blur over the spatial axes (default σ = max(H, W) / 16 pixels)."""
     sigma = max(images.shape[1:3]) / 16.0 if blur_sigma is None else float(blur_sigma)
@@ -34,7 +37,8 @@ def _ranks(order: np.ndarray) -> np.ndarray:
 
 def faithfulness(predict_fn: Callable[[np.ndarray], np.ndarray], images: np.ndarray, maps: np.ndarray,
                  targets: np.ndarray, *, steps: int = 20, blur_sigma: float | None = None, seed: int = 0,
-                 batch_size: int = 64, control_maps: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+                 batch_size: int = 64, control_maps: dict[str, np.ndarray] | None = None,
+                 scale_by_spread: bool = False) -> dict[str, Any]:
     """Deletion/insertion AUC of the target-class probability in heatmap order and in random order.
 
     ``predict_fn(images) -> (N, C)`` probabilities. Pixels are moved ``1/steps`` of the image at a time;
@@ -43,7 +47,8 @@ def faithfulness(predict_fn: Callable[[np.ndarray], np.ndarray], images: np.ndar
 
     Returns MetricResults ``deletion_auc`` (lower better), ``insertion_auc``, ``deletion_auc_random``,
     ``insertion_auc_random``, ``deletion_gain`` (random − heatmap deletion AUC, higher better),
-    ``insertion_gain`` (heatmap − random insertion AUC, higher better), and ``curves``: the mean curves
+    ``insertion_gain`` (heatmap − random insertion AUC, higher better), ``score`` (insertion AUC − deletion
+    AUC per image, higher better: both ends of the ranking in one figure), and ``curves``: the mean curves
     ``{"fraction", "deletion", "insertion", "deletion_random", "insertion_random"}`` as lists.
 
     ``control_maps`` (``{name: (N, H, W)}``, e.g. from ``audit.quality.controls.control_maps``) are run
@@ -51,6 +56,9 @@ def faithfulness(predict_fn: Callable[[np.ndarray], np.ndarray], images: np.ndar
     {"deletion_auc", "insertion_auc": MetricResult}}`` with their mean curves in ``curves["controls"]``.
     When they include ``"random"``, that smooth random map is the random reference of the gains instead
     of a random pixel order.
+
+    ``scale_by_spread`` (for unbounded scores such as logits) rescales each image's curves to [0, 1] by
+    the range its score spans over all orders and steps; an image whose score does not move is flat (0).
     """
     x = as_images(images)
     m = np.nan_to_num(as_maps(maps), nan=0.0, posinf=0.0, neginf=0.0)
@@ -96,6 +104,14 @@ def faithfulness(predict_fn: Callable[[np.ndarray], np.ndarray], images: np.ndar
         probs = probs.reshape(k, n_orders, 2, steps + 1, -1)
         curves[s:s + k] = np.take_along_axis(probs, tgt[s:s + k].reshape(k, 1, 1, 1, 1), axis=-1)[..., 0]
 
+    if scale_by_spread:
+        # Scores (e.g. logits) have no common unit across images: express each image's curves as a share
+        # of the range its score spans over every order and step. A score that does not move (an
+        # insensitive model) cannot show faithfulness: every curve is flat and the gains are exactly 0.
+        lo = curves.min(axis=(1, 2, 3), keepdims=True)
+        spread = curves.max(axis=(1, 2, 3), keepdims=True) - lo
+        moving = spread > SPREAD_TOLERANCE * np.maximum(1.0, np.abs(curves[:, :1, :1, :1]))
+        curves = np.where(moving, (curves - lo) / np.where(moving, spread, 1.0), 0.0)
     auc = _trapezoid(curves, fraction, axis=-1)  # (n, orders, 2)
     ref = 1 + names.index("random") if "random" in names else 1 + names.index("random_pixels")
     cites = [CITES["petsiuk2018"]]
@@ -106,8 +122,11 @@ def faithfulness(predict_fn: Callable[[np.ndarray], np.ndarray], images: np.ndar
         "insertion_auc_random": MetricResult("insertion_auc_random", auc[:, ref, 1], True, cites),
         "deletion_gain": MetricResult("deletion_gain", auc[:, ref, 0] - auc[:, 0, 0], True, cites),
         "insertion_gain": MetricResult("insertion_gain", auc[:, 0, 1] - auc[:, ref, 1], True, cites),
+        "score": MetricResult("faithfulness_score", auc[:, 0, 1] - auc[:, 0, 0], True, cites),
         "controls": {name: {"deletion_auc": MetricResult(f"deletion_auc_{name}", auc[:, 1 + i, 0], False, cites),
-                            "insertion_auc": MetricResult(f"insertion_auc_{name}", auc[:, 1 + i, 1], True, cites)}
+                            "insertion_auc": MetricResult(f"insertion_auc_{name}", auc[:, 1 + i, 1], True, cites),
+                            "score": MetricResult(f"faithfulness_score_{name}", auc[:, 1 + i, 1] - auc[:, 1 + i, 0],
+                                                  True, cites)}
                      for i, name in enumerate(names) if name in controls},
         "curves": {
             "fraction": fraction.tolist(),

@@ -1,0 +1,71 @@
+"""Threshold rules on skill: parsing, judging the CI's lower bound, and what lands in the check record."""
+from __future__ import annotations
+
+import pytest
+
+from model.errors import AlzAuditError
+from suites.gate import Gate
+from suites.thresholds import load_thresholds
+
+
+def _thresholds(tmp_path, text: str):
+    path = tmp_path / "t.toml"
+    path.write_text(text)
+    return load_thresholds(path)
+
+
+def _comparison(skill, lo, hi, best="brain_uniform"):
+    return {"value": 0.4, "controls": {"random": 0.15, "brain_uniform": 0.4 - skill}, "best_control": best,
+            "skill": skill, "skill_ci": [lo, hi], "ci_unit": "subject", "n_images": 120, "n_units": 15,
+            "higher_is_better": True}
+
+
+def test_skill_min_parses_and_is_refused_where_no_controls_exist(tmp_path):
+    t = _thresholds(tmp_path, "[explanations]\nlocalization_energy = { skill_min = 0.05 }\n")
+    rule = t.rule("explanations.localization_energy")
+    assert rule.basis == "skill" and rule.direction == "min" and rule.threshold == 0.05
+    with pytest.raises(AlzAuditError, match="no controls to measure skill against"):
+        _thresholds(tmp_path, "[performance]\naccuracy = { skill_min = 0.1 }\n")
+    with pytest.raises(AlzAuditError, match="exactly one of min/max/skill_min"):
+        _thresholds(tmp_path, "[explanations]\nlocalization_energy = { skill_min = 0.1, min = 0.2 }\n")
+
+
+def test_default_thresholds_gate_localisation_and_faithfulness_on_skill():
+    t = load_thresholds()
+    for check in ("explanations.localization_energy", "explanations.faithfulness_score",
+                  "explanations.agreement_spearman"):
+        assert t.rule(check).basis == "skill", check
+    assert t.rule("explanations.localization_energy").severity == "fail"
+    assert t.rule("explanations.faithfulness_score").severity == "fail"
+
+
+@pytest.mark.parametrize("lo,expected", [(0.08, "PASS"), (0.049, "FAIL"), (-0.02, "FAIL")])
+def test_a_skill_rule_judges_the_lower_ci_bound(tmp_path, lo, expected):
+    gate = Gate(_thresholds(tmp_path, "[explanations]\nlocalization_energy = { skill_min = 0.05 }\n"))
+    comparison = _comparison(0.1, lo, 0.12)  # the same point estimate, different certainty
+    if expected == "PASS":
+        gate.check("explanations.localization_energy", 0.4, comparison=comparison)
+    else:
+        with pytest.raises(pytest.fail.Exception, match="skill over the best control"):
+            gate.check("explanations.localization_energy", 0.4, comparison=comparison)
+    record = gate.checks["explanations.localization_energy"]
+    assert record["status"] == expected and record["basis"] == "skill"
+    assert record["value"] == pytest.approx(0.1) and record["comparison"]["best_control"] == "brain_uniform"
+    assert "brain_uniform" in record["message"] and "95% CI" in record["message"]
+
+
+def test_a_skill_rule_without_an_estimable_interval_is_an_error_not_a_pass(tmp_path):
+    gate = Gate(_thresholds(tmp_path, "[explanations]\nlocalization_energy = { skill_min = 0.05 }\n"))
+    with pytest.raises(pytest.fail.Exception, match="not estimable"):
+        gate.check("explanations.localization_energy", 0.4, comparison=_comparison(0.1, None, None))
+    assert gate.checks["explanations.localization_energy"]["status"] == "ERROR"
+    with pytest.raises(pytest.fail.Exception, match="no controls"):
+        gate.check("explanations.localization_energy", 0.4, comparison=None)
+
+
+def test_a_value_rule_still_judges_the_value_and_keeps_the_controls_beside_it(tmp_path):
+    gate = Gate(_thresholds(tmp_path, "[explanations]\noutside_brain_mass = { max = 0.25 }\n"))
+    gate.check("explanations.outside_brain_mass", 0.07, comparison=_comparison(-0.07, -0.08, -0.06))
+    record = gate.checks["explanations.outside_brain_mass"]
+    assert record["status"] == "PASS" and record["basis"] == "value" and record["value"] == 0.07
+    assert "controls:" in record["message"]
