@@ -19,8 +19,7 @@ from model.classes import CLASSES
 from model.contract import ModelContract, read_contract
 from model.errors import AlzAuditError
 from model.fileio import atomic_path, atomic_write_bytes
-from model.manifest import Manifest, load_dataset
-from model.splits import ensure_split
+from model.manifest import Manifest
 
 
 @dataclass
@@ -59,6 +58,33 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+_FINGERPRINT: tuple | None = None
+
+
+def software_fingerprint() -> tuple:
+    """(TensorFlow, Keras, alzaudit version, hash of alzaudit's own source): part of every cache key, so an
+    upgrade or a fix (even without a version bump) recomputes cached arrays instead of reusing them."""
+    global _FINGERPRINT
+    if _FINGERPRINT is None:
+        import keras
+        import tensorflow as tf
+
+        try:
+            from importlib.metadata import version
+
+            own = version("alzaudit")
+        except Exception:  # noqa: BLE001 - running from a source tree
+            own = "source"
+        digest = hashlib.sha256()
+        root = Path(__file__).resolve().parents[1]
+        for package in ("audit", "model"):
+            for source in sorted((root / package).rglob("*.py")):
+                digest.update(source.relative_to(root).as_posix().encode())
+                digest.update(source.read_bytes())
+        _FINGERPRINT = (tf.__version__, keras.__version__, own, digest.hexdigest()[:16])
+    return _FINGERPRINT
 
 
 def stratified_indices(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -115,9 +141,26 @@ class AuditRun:
                              source=str(self.model_path))
 
     @cached_property
+    def _resolved(self):
+        from audit.binding import resolve_data
+
+        return resolve_data(self.model_path, self.data, seed=self.config.seed)
+
+    @cached_property
     def manifest(self) -> Manifest:
-        manifest = self.data if isinstance(self.data, Manifest) else load_dataset(self.data)
-        return ensure_split(manifest, seed=self.config.seed)
+        """The manifest evaluated: the model's run split unless --data brings a split (audit.binding)."""
+        return self._resolved[0]
+
+    @cached_property
+    def split_source(self):
+        return self._resolved[1]
+
+    @cached_property
+    def train_overlap(self) -> dict | None:
+        """Evaluated images the model was trained on, by content hash; None when no run manifest is known."""
+        from audit.binding import run_manifest_of, train_overlap
+
+        return self._timed("train_overlap", lambda: train_overlap(self.split, run_manifest_of(self.model_path)))
 
     @cached_property
     def split(self) -> Manifest:
@@ -160,10 +203,23 @@ class AuditRun:
                                    higher_is_better=higher_is_better, subjects=[self.subjects[i] for i in idx],
                                    seed=self.config.seed)
 
+    @cached_property
+    def images_sha256(self) -> str:
+        """One hash over the evaluated split: each image's bytes with its label, in order."""
+        from audit.binding import content_hashes
+
+        digest = hashlib.sha256()
+        for sample, content in zip(self.split.samples, content_hashes(s.path for s in self.split.samples)):
+            digest.update(f"{content}|{sample.label}|{sample.subject_id}\n".encode())
+        return digest.hexdigest()
+
     def _cache_path(self, name: str, *extra) -> Path:
-        key = hashlib.sha256("|".join(map(str, (self.model_sha256, self.manifest.content_hash(),
+        """Keyed by everything that changes the array: image contents, the model file, the versions of
+        TensorFlow, Keras and alzaudit's own code, and the settings — so a cache can never go stale."""
+        key = hashlib.sha256("|".join(map(str, (self.model_sha256, self.images_sha256, self.manifest.content_hash(),
                                                 self.config.split, self.input_scale, self.classes,
-                                                *extra))).encode()).hexdigest()[:16]
+                                                self.contract.height, self.contract.width, self.config.batch_size,
+                                                *software_fingerprint(), *extra))).encode()).hexdigest()[:16]
         return self.out_dir / "cache" / f"{name}-{key}.npy"
 
     def _timed(self, name: str, compute):
@@ -742,12 +798,18 @@ def data_section(run: AuditRun) -> dict:
         manifest = run.manifest
     except AlzAuditError as exc:
         run.errors["data"] = str(exc)
-        return {"path": str(run.data), "split": run.config.split, "counts": {}}
+        return {"path": str(run.data or run.model_path), "split": run.config.split, "counts": {}}
     info = summary_dict(manifest)
     not_estimable = (run.performance.get("not_estimable") if "performance" in run.__dict__ else None) or []
-    return {"path": str(run.data if not isinstance(run.data, Manifest) else run.data.root),
+    overlap = run.__dict__.get("train_overlap")
+    return {"path": str(manifest.root if run.data is None else run.data if not isinstance(run.data, Manifest)
+                        else run.data.root),
+            "split_source": run.split_source.to_dict(),
+            "train_overlap": None if overlap is None else {k: overlap[k] for k in ("count", "n_evaluated",
+                                                                                 "n_training", "run_manifest")},
             "manifest_sha256": manifest.content_hash(), "layout": manifest.layout, "split": run.config.split,
             "counts": info["counts"], "subjects": info["subjects"], "subjects_known": info["subjects_known"],
             "synthetic": any(s.extra.get("synthetic") in ("1", 1, True) for s in manifest.samples[:50]),
-            "has_masks": manifest.has_masks, "skipped": info["skipped"][:200], "warnings": info["warnings"],
+            "has_masks": manifest.has_masks, "skipped": info["skipped"][:200],
+            "warnings": info["warnings"] + run.split_source.warnings,
             "not_estimable": not_estimable}

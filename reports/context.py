@@ -14,7 +14,7 @@ from reports import figures
 from reports.assets import AssetReader, to_data_uri
 from reports.limitations import absent_classes, derive_limitations
 
-STATUS_ORDER = {"ERROR": 0, "FAIL": 1, "WARN": 2, "PASS": 3}
+STATUS_ORDER = {"ERROR": 0, "FAIL": 1, "NOT_RUN": 2, "WARN": 3, "NOT_APPLICABLE": 4, "PASS": 5}
 SPLIT_ORDER = ("train", "val", "validation", "test")
 SUMMARY_HEAD = ["mean", "median", "p5", "p95", "n"]
 
@@ -93,8 +93,15 @@ def _verdict(audit: dict[str, Any]) -> dict[str, Any]:
         })
     checks.sort(key=lambda c: STATUS_ORDER.get(c["status"], 0))  # stable: gate order within a status
     counts = {s: sum(1 for c in checks if c["status"] == s) for s in STATUS_ORDER}
-    return {"verdict": audit.get("verdict", "FAIL"), "fail_on_warn": bool(audit.get("fail_on_warn")),
-            "checks": checks, "counts": counts}
+    verdict = audit.get("verdict", "FAIL")
+    explanation = {
+        "INCOMPLETE": f"{counts['NOT_RUN']} check(s) did not run: this audit cannot accept the model",
+        "FAIL": "at least one check failed or could not be computed",
+        "PASS": "every expected check ran, none failed",
+    }.get(verdict, "")
+    split = ((audit.get("data") or {}).get("split_source") or {}).get("description")
+    return {"verdict": verdict, "fail_on_warn": bool(audit.get("fail_on_warn")), "checks": checks,
+            "counts": counts, "explanation": explanation, "split_source": split}
 
 
 def _training_tables(training: dict[str, Any]) -> tuple[list[tuple[str, str]], list[dict[str, Any]]]:

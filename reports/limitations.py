@@ -41,8 +41,17 @@ def derive_limitations(audit: dict[str, Any]) -> list[str]:
     errored = [c.get("id", "?") for c in checks if c.get("status") == "ERROR"]
     if errored:
         out.append(f"{len(errored)} check(s) raised an error, so their outcome is unknown: {', '.join(errored)}.")
+    not_run = [c.get("id", "?") for c in checks if c.get("status") == "NOT_RUN"]
+    if not_run:
+        out.append(f"{len(not_run)} check(s) did not run, so the audit is INCOMPLETE and cannot accept the model: "
+                   f"{', '.join(not_run)}.")
+    not_applicable = [c.get("id", "?") for c in checks if c.get("status") == "NOT_APPLICABLE"]
+    if not_applicable:
+        out.append(f"{len(not_applicable)} check(s) do not apply to this data and say nothing about the model: "
+                   f"{', '.join(not_applicable)} (each message gives the reason).")
     worst = "FAIL" if any(c.get("status") in ("FAIL", "ERROR") for c in checks) else (
-        "FAIL" if audit.get("fail_on_warn") and any(c.get("status") == "WARN" for c in checks) else "PASS")
+        "FAIL" if audit.get("fail_on_warn") and any(c.get("status") == "WARN" for c in checks) else
+        "INCOMPLETE" if not_run or not checks else "PASS")
     if audit.get("verdict") and audit.get("verdict") != worst:
         out.append(f"The recorded verdict ({audit.get('verdict')}) disagrees with the check statuses "
                    f"(which imply {worst}); audit.json may have been edited.")

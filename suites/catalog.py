@@ -27,6 +27,9 @@ CATALOG: dict[str, tuple[str, str, str, list[str]]] = {
     "data.subject_overlap": ("Subjects across splits", "data",
                              "subjects with slices in more than one split: a slice-level leak", [YAGIS, WEN]),
     "data.class_coverage": ("Class coverage", "data", "stages present in the evaluated split", [WEN]),
+    "data.train_overlap": ("Evaluated images the model was trained on", "data",
+                           "evaluated images whose content (SHA-256 of the file) is in the model's own training "
+                           "split: accuracy on them measures memory, not generalisation", [YAGIS, WEN]),
     "data.unreadable_fraction": ("Unreadable files", "data", "share of files skipped as corrupt or not images", []),
     "explanations.agreement_spearman": ("Grad-CAM / IG agreement", "explanations",
                                         "Spearman correlation of the Grad-CAM and IG maps inside the brain "
@@ -71,6 +74,24 @@ CATALOG: dict[str, tuple[str, str, str, list[str]]] = {
     "throughput.inference": ("Inference throughput", "throughput", "images per second at batch 32", []),
     "throughput.gradcam": ("Grad-CAM throughput", "throughput", "explained images per second at batch 32", []),
 }
+
+
+def expected_check_ids(sigmas, device: str) -> list[str]:
+    """Every check the gate must decide for these noise levels and this device (drift checks belong to
+    ``alzaudit drift``): the list a complete audit.json covers."""
+    from suites.thresholds import sigma_id
+
+    ids = []
+    for check_id, (_, group, _, _) in CATALOG.items():
+        if group == "drift":
+            continue
+        if check_id == "stability.ssim":
+            ids += [f"stability.ssim.{sigma_id(s)}" for s in sigmas]
+        elif group == "throughput":
+            ids.append(f"{check_id}.{device}")
+        else:
+            ids.append(check_id)
+    return ids
 
 
 def describe(check_id: str) -> tuple[str, str, str, list[str]]:

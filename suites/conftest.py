@@ -29,7 +29,8 @@ STARTED_KEY = pytest.StashKey[str]()
 def pytest_addoption(parser):
     group = parser.getgroup("alzaudit", "alzaudit acceptance gate")
     group.addoption("--model", help="Keras model file (.keras / .h5) to gate")
-    group.addoption("--data", help="dataset folder or manifest.csv (split subject-aware when unsplit)")
+    group.addoption("--data", help="dataset folder or manifest.csv (default: the model's run split; an unsplit "
+                                   "--data also falls back to it, and is split with --seed only without a run)")
     group.addoption("--split", default="test", help="split to evaluate (default test)")
     group.addoption("--thresholds", default=None, help="thresholds TOML (default suites/thresholds.toml)")
     group.addoption("--audit-out", default="out/audit", help="folder for audit.json and its images")
@@ -54,8 +55,6 @@ def pytest_sessionstart(session):
     opt = config.option
     if not opt.model:
         _usage("alzaudit gate: --model is required (a .keras file)")
-    if not opt.data:
-        _usage("alzaudit gate: --data is required (a dataset folder or manifest.csv)")
     from audit.runner import AuditConfig, AuditRun
     from model.contract import parse_classes
     from suites.thresholds import load_thresholds
@@ -72,7 +71,10 @@ def pytest_sessionstart(session):
         run.split     # indexes/splits the data and checks the split exists
     except AlzAuditError as exc:
         _usage(str(exc))
-    config.stash[GATE_KEY] = Gate(thresholds)
+    from suites.catalog import expected_check_ids
+
+    device = opt.device if opt.device != "auto" else _device()
+    config.stash[GATE_KEY] = Gate(thresholds, expected=expected_check_ids(thresholds.sigmas, device))
     config.stash[RUN_KEY] = run
     config.stash[STARTED_KEY] = _now()
 
@@ -158,6 +160,9 @@ def pytest_sessionfinish(session, exitstatus):
     run = config.stash.get(RUN_KEY, None)
     if gate is None or run is None:
         return
+    interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
+    gate.finish("not run: the session was interrupted before it" if interrupted else
+                "not run: deselected (-k / -m) or skipped before it reported")
     from audit.runner import data_section, figures_section, gallery_section, heatmap_sample, model_section
 
     sections: dict = {}
@@ -180,7 +185,7 @@ def pytest_sessionfinish(session, exitstatus):
     if sections["model"] is None:
         sections["model"] = {"path": str(run.model_path), "sha256": None, "classes": list(run.classes)}
     if sections["data"] is None:
-        sections["data"] = {"path": str(run.data), "split": run.config.split, "counts": {}}
+        sections["data"] = {"path": str(run.data or run.model_path), "split": run.config.split, "counts": {}}
     sections["run"] = _run_section(config, run)
     path = write_audit(Path(config.option.audit_out) / "audit.json", gate, sections)
     try:
@@ -190,11 +195,15 @@ def pytest_sessionfinish(session, exitstatus):
     except AlzAuditError as exc:
         sys.stderr.write(f"alzaudit gate: warning: {exc}\n")
     verdict = gate.verdict()
+    if verdict != "PASS" and session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED  # only a complete PASS exits 0
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
-        counts = {s: sum(1 for c in gate.checks.values() if c["status"] == s) for s in ("PASS", "WARN", "FAIL", "ERROR")}
-        reporter.write_sep("=", f"alzaudit gate: {verdict} ({', '.join(f'{v} {k}' for k, v in counts.items())}) "
-                                f"— {path}", red=verdict == "FAIL", green=verdict == "PASS")
+        counts = {s: sum(1 for c in gate.checks.values() if c["status"] == s)
+                  for s in ("PASS", "WARN", "FAIL", "ERROR", "NOT_APPLICABLE", "NOT_RUN")}
+        summary = ", ".join(f"{v} {k}" for k, v in counts.items() if v or k in ("PASS", "FAIL"))
+        reporter.write_sep("=", f"alzaudit gate: {verdict} ({summary}) — {path}", red=verdict != "PASS",
+                           green=verdict == "PASS")
 
 
 THROUGHPUT_KEY = pytest.StashKey[dict]()

@@ -11,7 +11,9 @@ import pytest
 from suites.catalog import describe
 from suites.thresholds import Thresholds
 
-STATUS_ORDER = {"ERROR": 0, "FAIL": 1, "WARN": 2, "PASS": 3}
+STATUS_ORDER = {"ERROR": 0, "FAIL": 1, "NOT_RUN": 2, "WARN": 3, "NOT_APPLICABLE": 4, "PASS": 5}
+# NOT_APPLICABLE: the check cannot apply to this data (no masks, no subject IDs...), with its reason.
+# NOT_RUN: the check should have run and did not (deselected, interrupted, no threshold): INCOMPLETE.
 
 
 class GateWarning(UserWarning):
@@ -22,6 +24,7 @@ class GateWarning(UserWarning):
 class Gate:
     thresholds: Thresholds
     checks: dict[str, dict] = field(default_factory=dict)
+    expected: list[str] = field(default_factory=list)   # every check id this gate must decide
 
     def check(self, check_id: str, value, *, detail: str = "", comparison: dict | None = None) -> None:
         """Record a verdict for ``value``; fail the calling test when a fail-severity rule is missed.
@@ -32,7 +35,10 @@ class Gate:
         title, group, meaning, cites = describe(check_id)
         rule = self.thresholds.rule(check_id)
         if rule is None:
-            pytest.skip(f"{check_id}: no threshold configured")
+            why = f"no threshold configured for {check_id} in {self.thresholds.path}"
+            self._record(check_id, title, group, None if value is None else float(value), None, "NOT_RUN",
+                         f"{meaning}; not judged: {why}", cites, comparison)
+            pytest.skip(why)
         if rule.basis == "skill":
             self._check_skill(check_id, rule, comparison, detail, (title, group, meaning, cites))
             return
@@ -75,6 +81,21 @@ class Gate:
         elif status == "FAIL":
             pytest.fail(message, pytrace=False)
 
+    def not_applicable(self, check_id: str, reason: str) -> None:
+        """The check cannot apply to this data (e.g. no masks): recorded NOT_APPLICABLE with the reason."""
+        title, group, meaning, cites = describe(check_id)
+        self._record(check_id, title, group, None, self.thresholds.rule(check_id), "NOT_APPLICABLE",
+                     f"{meaning}; not applicable: {reason}", cites)
+        pytest.skip(f"{check_id}: not applicable: {reason}")
+
+    def finish(self, reason: str = "not run: deselected (-k), or the session stopped before it") -> None:
+        """Record every expected check that never reported as NOT_RUN, so audit.json is complete."""
+        for check_id in self.expected:
+            if check_id not in self.checks:
+                title, group, meaning, cites = describe(check_id)
+                self._record(check_id, title, group, None, self.thresholds.rule(check_id), "NOT_RUN",
+                             f"{meaning}; {reason}", cites)
+
     def error(self, check_id: str, message: str) -> None:
         """A check whose computation crashed: ERROR, never silently missing."""
         if check_id in self.checks:
@@ -93,9 +114,15 @@ class Gate:
             self.checks[check_id]["comparison"] = comparison
 
     def verdict(self) -> str:
+        """FAIL on any FAIL or ERROR (or WARN with fail_on_warn); else INCOMPLETE when any check did not
+        run (or none did); else PASS. Only a complete PASS accepts the model."""
         statuses = {c["status"] for c in self.checks.values()}
         bad = {"FAIL", "ERROR"} | ({"WARN"} if self.thresholds.fail_on_warn else set())
-        return "FAIL" if (statuses & bad or not self.checks) else "PASS"
+        if statuses & bad:
+            return "FAIL"
+        if "NOT_RUN" in statuses or not self.checks or any(c not in self.checks for c in self.expected):
+            return "INCOMPLETE"
+        return "PASS"
 
     def ordered(self) -> list[dict]:
         return sorted(self.checks.values(), key=lambda c: (STATUS_ORDER[c["status"]], c["id"]))
@@ -115,6 +142,8 @@ def write_audit(path: Path, gate: Gate, sections: dict) -> Path:
     """audit.json: verdict, checks (failures first) and every section the run produced."""
     from model.fileio import atomic_write_json
 
-    document = {"schema_version": "1.0", "verdict": gate.verdict(), "fail_on_warn": gate.thresholds.fail_on_warn,
+    from audit.schema_io import SCHEMA_VERSION
+
+    document = {"schema_version": SCHEMA_VERSION, "verdict": gate.verdict(), "fail_on_warn": gate.thresholds.fail_on_warn,
                 **sections, "checks": gate.ordered()}
     return atomic_write_json(path, document)

@@ -60,10 +60,10 @@ def test_integrated_gradients_converged(gate, run):
                detail=f"{effort}; {summary['n']} images with an estimable F(x) - F(x')")
 
 
-def _localization(run):
+def _localization(gate, run, check_id):
     result = run.localization
     if result is None or run.masks is None or not np.any(run.masks):
-        pytest.skip("no ground-truth masks in this dataset: localization not applicable")
+        gate.not_applicable(check_id, "the dataset has no ground-truth masks")
     return result
 
 
@@ -78,14 +78,14 @@ def _selection(result) -> str:
 
 @pytest.mark.check("explanations.localization_energy")
 def test_maps_point_at_the_atrophy(gate, run):
-    result = _localization(run)
+    result = _localization(gate, run, "explanations.localization_energy")
     gate.check("explanations.localization_energy", result["energy_pointing"].summary["mean"],
                detail=_selection(result), comparison=result["comparisons"]["energy_pointing"])
 
 
 @pytest.mark.check("explanations.localization_auprc")
 def test_maps_rank_the_atrophy_first(gate, run):
-    result = _localization(run)
+    result = _localization(gate, run, "explanations.localization_auprc")
     gate.check("explanations.localization_auprc", result["auprc"].summary["mean"], detail=_selection(result),
                comparison=result["comparisons"]["auprc"])
 
@@ -94,6 +94,6 @@ def test_maps_rank_the_atrophy_first(gate, run):
 def test_maps_stay_inside_the_brain(gate, run):
     result = run.localization
     if result is None or result.get("outside_brain") is None:
-        pytest.skip("no brain masks in this dataset: outside-brain mass not applicable")
+        gate.not_applicable("explanations.outside_brain_mass", "the dataset has no brain masks")
     gate.check("explanations.outside_brain_mass", result["outside_brain"].summary["mean"],
                comparison=result["comparisons"].get("outside_brain"))

@@ -17,7 +17,8 @@ DEVICE_KINDS = ("cpu", "gpu", "mps")
 SCHEMA: dict[str, dict[str, object]] = {
     "gate": {"fail_on_warn": bool},
     "performance": {k: "rule" for k in ("accuracy", "balanced_accuracy", "macro_f1", "per_class_recall", "ece")},
-    "data": {k: "rule" for k in ("leakage_rate", "subject_overlap", "class_coverage", "unreadable_fraction")},
+    "data": {k: "rule" for k in ("leakage_rate", "subject_overlap", "class_coverage", "unreadable_fraction",
+                                 "train_overlap")},
     "explanations": {k: "rule" for k in ("agreement_spearman", "faithfulness_deletion_gain",
                                          "faithfulness_insertion_gain", "faithfulness_score",
                                          "randomization_max_similarity", "ig_completeness_error",

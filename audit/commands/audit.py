@@ -12,7 +12,8 @@ from model.errors import AlzAuditError
 def register(top, data) -> None:
     p = top.add_parser("audit", help="gate a model (pytest suites/) and write audit.json + report.html/pdf")
     p.add_argument("--model", required=True, help="Keras model file to audit")
-    p.add_argument("--data", required=True, help="dataset folder or manifest.csv")
+    p.add_argument("--data", help="dataset folder or manifest.csv (default: the split the model was trained with, "
+                                  "from its run folder)")
     p.add_argument("--out", default="out/audit", help="folder for audit.json, images and the report")
     p.add_argument("--split", default="test")
     p.add_argument("--thresholds", help="thresholds TOML (default: the packaged suites/thresholds.toml)")
@@ -25,7 +26,7 @@ def register(top, data) -> None:
     p.set_defaults(func=run)
 
 
-def run_gate(model: str, data: str, out: str, *, split: str = "test", thresholds: str | None = None, seed: int = 0,
+def run_gate(model: str, data: str | None, out: str, *, split: str = "test", thresholds: str | None = None, seed: int = 0,
              device: str = "auto", input_scale: float = 255.0, classes: str = "canonical", unsafe: bool = False,
              select: str | None = None, quiet: bool = True) -> str:
     """Run ``pytest suites/`` in this process; returns the verdict written to ``out/audit.json``."""
@@ -33,7 +34,8 @@ def run_gate(model: str, data: str, out: str, *, split: str = "test", thresholds
 
     from suites import SUITES_DIR
 
-    args = [str(SUITES_DIR), "--model", str(model), "--data", str(data), "--audit-out", str(out), "--split", split,
+    args = [str(SUITES_DIR), "--model", str(model), *(["--data", str(data)] if data else []),
+            "--audit-out", str(out), "--split", split,
             "--seed", str(seed), "--device", device, "--input-scale", f"{input_scale:g}", "--classes", classes,
             "-p", "no:cacheprovider", "--benchmark-disable-gc", "-W", "ignore::DeprecationWarning",
             "--rootdir", str(SUITES_DIR)]
@@ -65,5 +67,5 @@ def run(args: argparse.Namespace) -> int:
 
         for kind, path in render_report(Path(args.out) / "audit.json", args.out, pdf=not args.no_pdf).items():
             print(f"wrote {path} ({kind})")
-    print(f"verdict: {verdict}")
+    print(f"verdict: {verdict}" + (" (some checks did not run; see audit.json)" if verdict == "INCOMPLETE" else ""))
     return 0 if verdict == "PASS" else 1
