@@ -121,6 +121,38 @@ class AuditRun:
         self._model = model
         self.timings: dict[str, float] = {}
         self.errors: dict[str, str] = {}
+        self.baseline: AuditRun | None = None  # the model accepted last time (--baseline), same images
+
+    def with_baseline(self, baseline_path: str | Path, *, unsafe: bool = False) -> "AuditRun":
+        """Attach a baseline model audited on exactly this run's split (its arrays cached beside ours)."""
+        self.baseline = AuditRun(baseline_path, self.manifest, self.out_dir / "baseline", self.config,
+                                 input_scale=self.input_scale, classes=self.classes, unsafe=unsafe)
+        self.baseline.contract  # noqa: B018 - load it now: a bad file is a usage error, not a late crash
+        return self
+
+    def change_of(self, figure: str) -> dict | None:
+        """The paired delta candidate − baseline of one figure (audit.compare), computed once; None when
+        there is no baseline or the figure cannot be computed on this data (e.g. no masks)."""
+        if self.baseline is None:
+            return None
+        cache = self.__dict__.setdefault("_changes", {})
+        if figure not in cache:
+            from audit.compare import compare_runs
+
+            cache[figure] = compare_runs(self, self.baseline, seed=self.config.seed, figures=[figure]).get(figure)
+        return cache[figure]
+
+    @property
+    def change(self) -> dict | None:
+        """Every delta computed so far (the cheap prediction figures always), McNemar and changed predictions."""
+        if self.baseline is None:
+            return None
+        from audit.compare import CHEAP_FIGURES, prediction_changes
+
+        for figure in CHEAP_FIGURES:
+            self.change_of(figure)
+        out = {k: v for k, v in self.__dict__.get("_changes", {}).items() if v is not None}
+        return {**out, **prediction_changes(self, self.baseline)}
 
     # ------------------------------------------------------------------------------ inputs
     @cached_property
@@ -359,6 +391,7 @@ class AuditRun:
             control_explainers=image_only_explainers(self.config.seed)))
         result["comparisons"] = {key: self.compare(ssim, result["controls"][key], idx, higher_is_better=True)
                                  for key, ssim in result["ssim"].items()}
+        result["indices"] = idx
         return result
 
     @cached_property
@@ -376,6 +409,7 @@ class AuditRun:
             curve: self.compare(result[curve], {k: v[curve] for k, v in controls.items()}, idx,
                                 higher_is_better=curve != "deletion_auc")
             for curve in ("deletion_auc", "insertion_auc", "score")}
+        result["indices"] = idx
         return result
 
     def logit_fn(self, x: np.ndarray) -> np.ndarray:
@@ -541,7 +575,41 @@ def figures_section(run: AuditRun, *, compute: bool = False) -> dict:
         "leakage": safely("leakage", lambda: _leakage_section(run.leakage)),
     }
     figures["controls"] = _controls_section(run, have)
+    figures["change"] = None
+    if run.baseline is not None:
+        try:
+            figures["change"] = _change_section(run)
+        except AlzAuditError as exc:
+            run.errors["change"] = str(exc)
     return figures
+
+
+def _change_section(run: AuditRun) -> dict:
+    """Deltas with CIs, McNemar, changed predictions, and side-by-side Grad-CAMs where the maps differ most."""
+    from audit.explain.overlay import overlay
+    from audit.quality.base import ssim_pairs
+
+    change = to_jsonable(run.change)
+    base = run.baseline
+    shared = np.intersect1d(run.gradcam_indices, base.gradcam_indices)
+    examples = []
+    if len(shared):
+        cand_maps, base_maps = run._gradcam_for(shared), base._gradcam_for(shared)
+        ssim = ssim_pairs(cand_maps, base_maps)
+        for row in np.argsort(ssim)[:4]:
+            i = int(shared[row])
+            image = run.images[i]
+            stem = f"change/{i:05d}"
+            examples.append({"path": str(run.split.samples[i].path), "ssim": float(ssim[row]),
+                             "true": CLASSES[run.labels[i]], "candidate": CLASSES[run.predicted[i]],
+                             "baseline": CLASSES[base.predicted[i]],
+                             "original": _write_png(run, f"{stem}_original.png", image),
+                             "candidate_map": _write_png(run, f"{stem}_candidate.png", overlay(image, cand_maps[row])),
+                             "baseline_map": _write_png(run, f"{stem}_baseline.png", overlay(image, base_maps[row]))})
+        change["map_ssim_mean"] = float(np.mean(ssim))
+    change["examples"] = examples
+    change["baseline_model"] = {"path": str(base.model_path), "sha256": base.model_sha256}
+    return change
 
 
 # figure key in audit.json's "controls" block -> (runner property, path to its comparison)

@@ -395,6 +395,38 @@ def _controls(block: dict[str, Any] | None, notes: list[str]) -> dict[str, Any] 
             "figure": _safe_figure(notes, "controls", figures.controls_figure, block, titles)}
 
 
+def _change(audit: dict[str, Any], assets: AssetReader) -> dict[str, Any] | None:
+    """The candidate against its baseline: deltas with CIs, McNemar, changed predictions, differing maps."""
+    ch = (audit.get("figures") or {}).get("change")
+    if not ch:
+        return None
+    statuses = {c.get("id"): c.get("status") for c in audit.get("checks") or []}
+    rows, unit, n = [], "subject", None
+    for name, entry in ch.items():
+        if not isinstance(entry, dict) or "delta" not in entry:
+            continue
+        unit, n = entry.get("ci_unit", unit), entry.get("n_units", n)
+        ci = entry.get("delta_ci") or [None, None]
+        better = entry.get("delta") is not None and (entry["delta"] > 0) == bool(entry.get("higher_is_better"))
+        rows.append({"title": name.replace("_", " "), "baseline": fmt(entry.get("baseline")),
+                     "candidate": fmt(entry.get("candidate")), "delta": fmt(entry.get("delta")),
+                     "ci": "not estimable" if ci[0] is None else f"{fmt(ci[0])} to {fmt(ci[1])}",
+                     "css": "" if not entry.get("delta") else ("ok" if better else "bad"),
+                     "status": statuses.get(f"change.{name}", "n/a")})
+    m = ch.get("mcnemar") or {}
+    mcnemar = (f"{m.get('candidate_only_correct', 0)} slices only the candidate gets right, "
+               f"{m.get('baseline_only_correct', 0)} only the baseline; p = {fmt(m.get('p_value'))}") if m else "n/a"
+    examples = [{**e, "ssim": fmt(e.get("ssim")),
+                 **{k: assets.data_uri(e.get(k), f"change example {k}") for k in ("original", "baseline_map",
+                                                                                  "candidate_map")}}
+                for e in ch.get("examples") or []]
+    base = ch.get("baseline_model") or {}
+    return {"rows": rows, "mcnemar": mcnemar, "changed": (ch.get("changed_predictions") or [])[:40],
+            "n_changed": fmt(ch.get("n_changed_predictions")), "examples": examples, "unit": unit,
+            "n_units": fmt(n),
+            "baseline_path": base.get("path") or "n/a", "baseline_sha": (base.get("sha256") or "")[:12] or "n/a"}
+
+
 def _environment(audit: dict[str, Any]) -> dict[str, Any]:
     run = audit.get("run") or {}
     tp = (audit.get("figures") or {}).get("throughput")
@@ -427,6 +459,7 @@ def build_context(audit: dict[str, Any], assets: AssetReader, *, source_name: st
         "data": _data(audit, assets),
         "performance": _performance(audit, notes),
         "explanations": _explanations(audit, assets, notes),
+        "change": _change(audit, assets),
         "environment": _environment(audit),
         "limitations": derive_limitations(audit),
     }

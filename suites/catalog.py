@@ -71,6 +71,18 @@ CATALOG: dict[str, tuple[str, str, str, list[str]]] = {
                                          "max |p_A - p_B| over the heatmap sample", []),
     "drift.heatmap_ssim": ("Grad-CAM similarity", "drift", "mean SSIM between the two audits' maps", []),
     "drift.changed_verdicts": ("Changed verdicts", "drift", "checks whose status changed (throughput excluded)", []),
+    **{f"change.{name}": (f"Change vs baseline: {name.replace('_', ' ')}", "change",
+                          f"candidate minus baseline on the same images, paired subject bootstrap: {meaning}",
+                          [WEN] if name in ("accuracy", "balanced_accuracy", "per_class_recall") else [])
+       for name, meaning in (("accuracy", "share of slices classified correctly"),
+                             ("balanced_accuracy", "mean recall over the stages present"),
+                             ("per_class_recall", "the worst per-stage change of recall"),
+                             ("ece", "expected calibration error (lower is better)"),
+                             ("localization_energy", "localisation skill over the best control"),
+                             ("localization_auprc", "localisation (AUPRC) skill over the best control"),
+                             ("faithfulness_score", "faithfulness skill over the best control"),
+                             ("agreement_spearman", "Grad-CAM/IG agreement skill over the best control"),
+                             ("stability_ssim", "map SSIM under noise at the worst noise level"))},
     "throughput.inference": ("Inference throughput", "throughput", "images per second at batch 32", []),
     "throughput.gradcam": ("Grad-CAM throughput", "throughput", "explained images per second at batch 32", []),
 }

@@ -41,6 +41,8 @@ def pytest_addoption(parser):
     group.addoption("--classes", default="canonical",
                     help="model output order: canonical, alphabetical or a comma-separated list")
     group.addoption("--unsafe-load", action="store_true", help="allow Lambda layers / custom code in the model")
+    group.addoption("--baseline", help="the model accepted last time (.keras): [change] rules judge the candidate "
+                                       "against it on the same images")
 
 
 def _usage(message: str):
@@ -69,6 +71,8 @@ def pytest_sessionstart(session):
                        classes=parse_classes(opt.classes), unsafe=opt.unsafe_load)
         run.contract  # loads the model and checks outputs against classes
         run.split     # indexes/splits the data and checks the split exists
+        if opt.baseline:
+            run.with_baseline(opt.baseline, unsafe=opt.unsafe_load)
     except AlzAuditError as exc:
         _usage(str(exc))
     from suites.catalog import expected_check_ids

@@ -74,6 +74,32 @@ class Gate:
         self._record(check_id, title, group, float(comparison["skill"]), rule, status, message, cites, comparison)
         self._raise(status, message)
 
+    def check_change(self, check_id: str, change: dict | None, *, detail: str = "") -> None:
+        """Judge a paired delta candidate − baseline (audit.compare) on its CI bound; see [change] rules."""
+        title, group, meaning, cites = describe(check_id)
+        rule = self.thresholds.rule(check_id)
+        if rule is None:
+            why = f"no threshold configured for {check_id} in {self.thresholds.path}"
+            self._record(check_id, title, group, None, None, "NOT_RUN", f"{meaning}; not judged: {why}", cites)
+            pytest.skip(why)
+        ci = (change or {}).get("delta_ci") or [None, None]
+        bound = ci[0] if rule.direction == "min" else ci[1]
+        if change is None or bound is None:
+            why = "the delta is not estimable (fewer than 2 resampling units)" if change else "no delta computed"
+            self._record(check_id, title, group, None, rule, "ERROR", f"{meaning}; {why}", cites)
+            self.checks[check_id]["change"] = change
+            pytest.fail(f"{check_id}: {why}", pytrace=False)
+        passed = rule.passes(float(bound))
+        status = "PASS" if passed else ("WARN" if rule.severity == "warn" else "FAIL")
+        which, relation = ("lower", ">=") if rule.direction == "min" else ("upper", "<=")
+        message = (f"{check_id}: candidate {change['candidate']:.4g} vs baseline {change['baseline']:.4g}, "
+                   f"delta {change['delta']:+.4f} [95% CI {ci[0]:+.4f} to {ci[1]:+.4f}, paired by "
+                   f"{change['ci_unit']}, n={change['n_units']}], needs the {which} bound {relation} "
+                   f"{rule.threshold:+g}: {meaning}" + (f" ({detail})" if detail else ""))
+        self._record(check_id, title, group, float(change["delta"]), rule, status, message, cites)
+        self.checks[check_id]["change"] = change
+        self._raise(status, message)
+
     @staticmethod
     def _raise(status: str, message: str) -> None:
         if status == "WARN":

@@ -27,6 +27,9 @@ SCHEMA: dict[str, dict[str, object]] = {
     "throughput": {"inference": "by_device", "gradcam": "by_device"},
     "drift": {k: "rule" for k in ("prediction_agreement", "max_probability_difference", "heatmap_ssim",
                                   "changed_verdicts")},
+    "change": {k: "change" for k in ("accuracy", "balanced_accuracy", "per_class_recall", "ece",
+                                     "localization_energy", "localization_auprc", "faithfulness_score",
+                                     "agreement_spearman", "stability_ssim")},
     "audit": {"gradcam_images": int, "ig_images": int, "ig_steps": int, "stability_images": int,
               "stability_draws": int, "faithfulness_images": int, "faithfulness_steps": int,
               "randomization_images": int, "gallery_per_class": int, "batch_size": int,
@@ -55,7 +58,7 @@ class Rule:
     threshold: float
     direction: str      # "min" | "max"
     severity: str       # "fail" | "warn"
-    basis: str = "value"  # "value" | "skill"
+    basis: str = "value"  # "value" | "skill" | "delta" (candidate - baseline, judged on its CI bound)
 
     def passes(self, value: float) -> bool:
         return value >= self.threshold if self.direction == "min" else value <= self.threshold
@@ -76,6 +79,8 @@ class Thresholds:
                 kind = SCHEMA[section][key]
                 if kind == "rule":
                     self.rules[f"{section}.{key}"] = self._rule(f"{section}.{key}", value)
+                elif kind == "change":
+                    self.rules[f"{section}.{key}"] = self._change_rule(f"{section}.{key}", value)
                 elif kind == "by_sigma":
                     for sigma, rule in value.items():
                         self.rules[f"{section}.{key}.{sigma_id(sigma)}"] = self._rule(f"{section}.{key}.{sigma}", rule)
@@ -89,6 +94,24 @@ class Thresholds:
 
     def rule(self, check_id: str) -> Rule | None:
         return self.rules.get(check_id)
+
+    def _change_rule(self, where: str, value) -> Rule:
+        """``{ min_delta = X }``: the CI's lower bound of candidate − baseline must be >= X (not worse by more
+        than -X, with confidence); ``{ max_delta = X }``: its upper bound must be <= X (for lower-is-better)."""
+        if not isinstance(value, dict):
+            raise AlzAuditError(f"{self.path}: '{where}' must be a table like {{ min_delta = -0.01 }}, got {value!r}")
+        bounds = [k for k in ("min_delta", "max_delta") if k in value]
+        extra = set(value) - {"min_delta", "max_delta", "severity"}
+        if len(bounds) != 1 or extra:
+            raise AlzAuditError(f"{self.path}: '{where}' needs exactly one of min_delta/max_delta (and optionally "
+                                f"severity), got keys {', '.join(sorted(value))}")
+        threshold = value[bounds[0]]
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+            raise AlzAuditError(f"{self.path}: '{where}.{bounds[0]}' must be a number, got {threshold!r}")
+        severity = value.get("severity", "fail")
+        if severity not in ("fail", "warn"):
+            raise AlzAuditError(f"{self.path}: '{where}.severity' must be \"fail\" or \"warn\", got {severity!r}")
+        return Rule(float(threshold), bounds[0].split("_")[0], severity, "delta")
 
     def _rule(self, where: str, value) -> Rule:
         if not isinstance(value, dict):

@@ -186,5 +186,5 @@ def test_thresholds_file_loads_and_names_every_check():
     for check_id, rule in thresholds.rules.items():
         title, group, meaning, cites = describe(check_id)
         assert title and meaning and group in ("data", "performance", "explanations", "stability", "throughput",
-                                               "drift")
+                                               "drift", "change")
         assert rule.direction in ("min", "max")

@@ -89,3 +89,57 @@ def test_a_shortcut_model_fails_localization(pytester, clean_model, shortcut_mod
     outside = "explanations.outside_brain_mass"
     assert cheat[outside]["value"] > 0.35 and cheat[outside]["value"] > 2 * clean[outside]["value"]
     assert clean["explanations.localization_energy"]["value"] > 1.5 * cheat["explanations.localization_energy"]["value"]
+
+
+# ------------------------------------------------------------------ change thresholds against a baseline
+def gate_with_baseline(pytester, model, baseline, data, out: Path, select: str):
+    thresholds = out.parent / f"{out.name}.toml"
+    thresholds.write_text(DEFAULT_THRESHOLDS.read_text().split("[audit]")[0] + FAST_AUDIT)
+    result = pytester.runpytest_inprocess(str(SUITES_DIR), "--model", str(model), "--baseline", str(baseline),
+                                          "--data", str(data), "--audit-out", str(out), "--thresholds",
+                                          str(thresholds), "-p", "no:cacheprovider", "-q", "-k", select)
+    document = json.loads((out / "audit.json").read_text())
+    from audit.schema_io import validate_audit
+
+    validate_audit(document)
+    return result, document, {c["id"]: c for c in document["checks"]}
+
+
+def test_a_model_against_itself_changes_nothing(pytester, clean_model, tmp_path):
+    model, data = clean_model
+    _, document, checks = gate_with_baseline(pytester, model, model, data, tmp_path / "self",
+                                             "not_worse and (accuracy or ece or per_class or localization_energy)")
+    changed = {k: c for k, c in checks.items() if k.startswith("change.") and c["status"] != "NOT_RUN"}
+    assert set(changed) == {"change.accuracy", "change.balanced_accuracy", "change.per_class_recall", "change.ece",
+                            "change.localization_energy"}
+    for check_id, c in changed.items():
+        assert c["status"] == "PASS" and c["value"] == 0 and c["change"]["delta_ci"] == [0.0, 0.0], check_id
+    assert document["figures"]["change"]["n_changed_predictions"] == 0
+
+
+def test_a_degraded_copy_fails_the_change_checks(pytester, clean_model, tmp_path):
+    """The clean model with its head and last backbone stage re-initialised, gated against the clean one."""
+    import numpy as np
+
+    from audit.quality.randomization import backbone_stages, randomization_groups, reinitialize
+    from model.network import load_model
+    from reports import render_report
+
+    model, data = clean_model
+    degraded = load_model(model)
+    stages, n_head = backbone_stages(randomization_groups(degraded))
+    reinitialize([layer for stage in stages[:n_head + 1] for g in stage for layer in g.layers],
+                 np.random.default_rng(0))
+    degraded_path = tmp_path / "degraded.keras"
+    degraded.save(degraded_path)
+    result, document, checks = gate_with_baseline(pytester, degraded_path, model, data, tmp_path / "degraded",
+                                                  "not_worse and (accuracy or localization_energy)")
+    assert result.ret == 1 and document["verdict"] == "FAIL"
+    for check_id in ("change.accuracy", "change.balanced_accuracy"):
+        c = checks[check_id]
+        assert c["status"] == "FAIL" and c["change"]["delta_ci"][1] < 0, (check_id, c["message"])
+    change = document["figures"]["change"]
+    assert change["mcnemar"]["baseline_only_correct"] > change["mcnemar"]["candidate_only_correct"]
+    assert change["n_changed_predictions"] > 0 and change["examples"]
+    html = Path(render_report(tmp_path / "degraded" / "audit.json", tmp_path / "degraded", pdf=False)["html"])
+    assert "Compared with the baseline" in html.read_text()

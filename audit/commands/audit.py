@@ -21,14 +21,17 @@ def register(top, data) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "gpu", "mps"], default="auto")
     p.add_argument("--no-report", action="store_true", help="skip report.html/report.pdf")
     p.add_argument("--no-pdf", action="store_true", help="write report.html only")
-    p.add_argument("-k", dest="select", help="run only the checks whose test names match (pytest -k)")
+    p.add_argument("-k", dest="select", help="run only the checks whose test names match (pytest -k); the verdict "
+                                            "is then INCOMPLETE")
+    p.add_argument("--baseline", help="the model accepted last time: [change] rules judge the candidate against "
+                                      "it on the same images (paired by subject)")
     add_model_options(p)
     p.set_defaults(func=run)
 
 
 def run_gate(model: str, data: str | None, out: str, *, split: str = "test", thresholds: str | None = None, seed: int = 0,
              device: str = "auto", input_scale: float = 255.0, classes: str = "canonical", unsafe: bool = False,
-             select: str | None = None, quiet: bool = True) -> str:
+             select: str | None = None, quiet: bool = True, baseline: str | None = None) -> str:
     """Run ``pytest suites/`` in this process; returns the verdict written to ``out/audit.json``."""
     import pytest
 
@@ -43,6 +46,8 @@ def run_gate(model: str, data: str | None, out: str, *, split: str = "test", thr
         args += ["--thresholds", str(thresholds)]
     if unsafe:
         args.append("--unsafe-load")
+    if baseline:
+        args += ["--baseline", str(baseline)]
     if select:
         args += ["-k", select]
     if quiet:
@@ -61,7 +66,7 @@ def run_gate(model: str, data: str | None, out: str, *, split: str = "test", thr
 def run(args: argparse.Namespace) -> int:
     verdict = run_gate(args.model, args.data, args.out, split=args.split, thresholds=args.thresholds,
                        seed=args.seed, device=args.device, input_scale=args.input_scale, classes=args.classes,
-                       unsafe=args.unsafe_load, select=args.select)
+                       unsafe=args.unsafe_load, select=args.select, baseline=args.baseline)
     if not args.no_report:
         from reports import render_report
 
