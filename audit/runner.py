@@ -53,11 +53,9 @@ class AuditConfig:
 
 
 def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    from audit.binding import file_sha256
+
+    return file_sha256(path)
 
 
 _FINGERPRINT: tuple | None = None

@@ -98,41 +98,34 @@ class Thresholds:
     def _change_rule(self, where: str, value) -> Rule:
         """``{ min_delta = X }``: the CI's lower bound of candidate − baseline must be >= X (not worse by more
         than -X, with confidence); ``{ max_delta = X }``: its upper bound must be <= X (for lower-is-better)."""
-        if not isinstance(value, dict):
-            raise AlzAuditError(f"{self.path}: '{where}' must be a table like {{ min_delta = -0.01 }}, got {value!r}")
-        bounds = [k for k in ("min_delta", "max_delta") if k in value]
-        extra = set(value) - {"min_delta", "max_delta", "severity"}
-        if len(bounds) != 1 or extra:
-            raise AlzAuditError(f"{self.path}: '{where}' needs exactly one of min_delta/max_delta (and optionally "
-                                f"severity), got keys {', '.join(sorted(value))}")
-        threshold = value[bounds[0]]
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-            raise AlzAuditError(f"{self.path}: '{where}.{bounds[0]}' must be a number, got {threshold!r}")
-        severity = value.get("severity", "fail")
-        if severity not in ("fail", "warn"):
-            raise AlzAuditError(f"{self.path}: '{where}.severity' must be \"fail\" or \"warn\", got {severity!r}")
-        return Rule(float(threshold), bounds[0].split("_")[0], severity, "delta")
+        key, threshold, severity = self._parse(where, value, ("min_delta", "max_delta"), "{ min_delta = -0.01 }")
+        return Rule(threshold, key.split("_")[0], severity, "delta")
 
     def _rule(self, where: str, value) -> Rule:
+        key, threshold, severity = self._parse(where, value, ("min", "max", "skill_min"), "{ min = 0.8 }")
+        if key == "skill_min":
+            if ".".join(where.split(".")[:2]) not in SKILL_CHECKS:
+                raise AlzAuditError(f"{self.path}: '{where}' has no controls to measure skill against; use min/max "
+                                    f"(skill_min works for: {', '.join(sorted(SKILL_CHECKS))})")
+            return Rule(threshold, "min", severity, "skill")
+        return Rule(threshold, key, severity)
+
+    def _parse(self, where: str, value, keys: tuple[str, ...], example: str) -> tuple[str, float, str]:
+        """(the one bound key given, its number, severity) of a rule table; one clear error otherwise."""
         if not isinstance(value, dict):
-            raise AlzAuditError(f"{self.path}: '{where}' must be a table like {{ min = 0.8 }}, got {value!r}")
-        bounds = [k for k in ("min", "max", "skill_min") if k in value]
-        extra = set(value) - {"min", "max", "skill_min", "severity"}
+            raise AlzAuditError(f"{self.path}: '{where}' must be a table like {example}, got {value!r}")
+        bounds = [k for k in keys if k in value]
+        extra = set(value) - {*keys, "severity"}
         if len(bounds) != 1 or extra:
-            raise AlzAuditError(f"{self.path}: '{where}' needs exactly one of min/max/skill_min (and optionally "
+            raise AlzAuditError(f"{self.path}: '{where}' needs exactly one of {'/'.join(keys)} (and optionally "
                                 f"severity), got keys {', '.join(sorted(value))}")
-        if bounds[0] == "skill_min" and where.split(".")[0] + "." + where.split(".")[1] not in SKILL_CHECKS:
-            raise AlzAuditError(f"{self.path}: '{where}' has no controls to measure skill against; use min/max "
-                                f"(skill_min works for: {', '.join(sorted(SKILL_CHECKS))})")
         threshold = value[bounds[0]]
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
             raise AlzAuditError(f"{self.path}: '{where}.{bounds[0]}' must be a number, got {threshold!r}")
         severity = value.get("severity", "fail")
         if severity not in ("fail", "warn"):
             raise AlzAuditError(f"{self.path}: '{where}.severity' must be \"fail\" or \"warn\", got {severity!r}")
-        if bounds[0] == "skill_min":
-            return Rule(float(threshold), "min", severity, "skill")
-        return Rule(float(threshold), bounds[0], severity)
+        return bounds[0], float(threshold), severity
 
 
 def load_thresholds(path: str | Path | None = None) -> Thresholds:
