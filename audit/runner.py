@@ -40,6 +40,7 @@ class AuditConfig:
     randomization_images: int = 32
     randomization_gate_fraction: float = 0.5   # judge the cascade once head + this share of backbone stages are random
     min_mask_share: float = 0.01     # localisation: masks covering less of the brain than this are not evaluated
+    budget_minutes: float = 0.0      # > 0: the gate shrinks the sampled stages to fit (audit.plan)
     gallery_per_class: int = 2
     layer: str | None = None
     heatmap_sample: int = 32
@@ -120,6 +121,27 @@ class AuditRun:
         self.timings: dict[str, float] = {}
         self.errors: dict[str, str] = {}
         self.baseline: AuditRun | None = None  # the model accepted last time (--baseline), same images
+        self.plan: dict | None = None           # the cost plan the gate printed (audit.plan)
+
+    def make_plan(self) -> str:
+        """Time one batch of each kind of work, fit ``budget_minutes`` if set, and return the plan as text."""
+        from dataclasses import asdict
+
+        from audit.plan import fit_budget, measure_costs, plan_stages, plan_table
+
+        costs = measure_costs(self)
+        n, n_sigmas = len(self.inputs), len(self.config.sigmas)
+        if self.config.budget_minutes > 0:
+            self.config = fit_budget(n, self.config, costs, n_sigmas, self.config.budget_minutes)
+            if self.baseline is not None:
+                self.baseline.config = self.config
+        plans = plan_stages(n, self.config, costs, n_sigmas)
+        self.plan = {"budget_minutes": self.config.budget_minutes or None,
+                     "seconds_per_image": {k: round(v, 5) for k, v in asdict(costs).items()},
+                     "stages": [p.to_dict() for p in plans],
+                     "estimated_seconds": round(sum(p.seconds for p in plans), 1)}
+        factor = 2 if self.baseline is not None else 1
+        return plan_table(plans) + ("\n(x2: the baseline model is audited on the same images)" if factor == 2 else "")
 
     def with_baseline(self, baseline_path: str | Path, *, unsafe: bool = False) -> "AuditRun":
         """Attach a baseline model audited on exactly this run's split (its arrays cached beside ours)."""

@@ -385,7 +385,7 @@ def _controls(block: dict[str, Any] | None, notes: list[str]) -> dict[str, Any] 
             continue
         ctrl = c.get("controls") or {}
         lo, hi = (c.get("skill_ci") or [None, None]) + [None, None][len(c.get("skill_ci") or []):]
-        ci = "not estimable" if lo is None else f"{fmt(lo)} to {fmt(hi)}"
+        ci = "not estimable" if lo is None else f"{fmt(lo)} to {fmt(hi)} (width {fmt(hi - lo)})"
         rows.append({"title": title, "value": fmt(c.get("value")),
                      "controls": [fmt(ctrl.get(name)) for name in figures.CONTROL_ORDER],
                      "best": figures.CONTROL_LABELS.get(c.get("best_control"), c.get("best_control") or "n/a"),
@@ -443,7 +443,15 @@ def _environment(audit: dict[str, Any]) -> dict[str, Any]:
     rows += [(f"{k} version", v or "n/a") for k, v in (run.get("versions") or {}).items()]
     rows += [("Git commit", run.get("git_commit") or "n/a"), ("Thresholds file", run.get("thresholds_file") or "n/a"),
              ("Command", run.get("command") or "n/a")]
-    return {"throughput": throughput, "rows": rows}
+    plan = run.get("plan") or {}
+    timings = run.get("timings") or {}
+    actual = {"predictions": "probs", "Grad-CAM": "gradcam", "Integrated Gradients": "ig",
+              "faithfulness": "faithfulness", "stability": "stability", "randomization": "randomization"}
+    stages = [[p.get("stage", "?"), fmt(p.get("images")), p.get("work", ""), fmt(p.get("seconds")),
+               fmt(timings.get(actual.get(p.get("stage"), ""), None))] for p in plan.get("stages") or []]
+    budget = plan.get("budget_minutes")
+    return {"throughput": throughput, "rows": rows, "plan": stages,
+            "budget": f"{fmt(budget)} min" if budget else "none (the [audit] sample sizes as set)"}
 
 
 def build_context(audit: dict[str, Any], assets: AssetReader, *, source_name: str, generated: str) -> dict[str, Any]:

@@ -73,8 +73,12 @@ def pytest_sessionstart(session):
         run.split     # indexes/splits the data and checks the split exists
         if opt.baseline:
             run.with_baseline(opt.baseline, unsafe=opt.unsafe_load)
+        plan = run.make_plan()
     except AlzAuditError as exc:
         _usage(str(exc))
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line("alzaudit plan (one timed batch per kind of work):\n" + plan)
     from suites.catalog import expected_check_ids
 
     device = opt.device if opt.device != "auto" else _device()
@@ -232,7 +236,10 @@ def _run_section(config, run) -> dict:
                          "keras": keras.__version__, "alzaudit": own},
             "git_commit": _git_commit(), "thresholds_file": str(run_thresholds_path(config)),
             "command": " ".join(["pytest", *sys.argv[1:]]) if sys.argv else None,
-            "timings": {k: round(v, 3) for k, v in run.timings.items()}, "errors": run.errors}
+            "timings": {k: round(v, 3) for k, v in run.timings.items()}, "errors": run.errors,
+            "plan": run.plan, "sample_sizes": {k: getattr(run.config, k) for k in (
+                "gradcam_images", "ig_images", "ig_steps", "ig_tolerance", "stability_images", "stability_draws",
+                "faithfulness_images", "faithfulness_steps", "randomization_images")}}
 
 
 def run_thresholds_path(config) -> Path:

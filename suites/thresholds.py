@@ -33,7 +33,8 @@ SCHEMA: dict[str, dict[str, object]] = {
     "audit": {"gradcam_images": int, "ig_images": int, "ig_steps": int, "stability_images": int,
               "stability_draws": int, "faithfulness_images": int, "faithfulness_steps": int,
               "randomization_images": int, "gallery_per_class": int, "batch_size": int,
-              "randomization_gate_fraction": float, "min_mask_share": float, "ig_tolerance": float},
+              "randomization_gate_fraction": "share", "min_mask_share": "share", "ig_tolerance": "share",
+              "budget_minutes": float},
 }
 
 
@@ -152,8 +153,11 @@ def load_thresholds(path: str | Path | None = None) -> Thresholds:
                 allowed = (int, float) if kind is float else kind
                 if not isinstance(value, allowed) or (kind in (int, float) and isinstance(value, bool)):
                     raise AlzAuditError(f"{path}: '{section}.{key}' must be {kind.__name__}, got {value!r}")
-                if kind is float and not 0.0 <= value <= 1.0:
-                    raise AlzAuditError(f"{path}: '{section}.{key}' must be a share in [0, 1], got {value}")
+                if kind is float and value < 0:
+                    raise AlzAuditError(f"{path}: '{section}.{key}' must be >= 0, got {value}")
+            elif kind == "share":
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                    raise AlzAuditError(f"{path}: '{section}.{key}' must be a share in [0, 1], got {value!r}")
                 if kind is int and value < 0:
                     raise AlzAuditError(f"{path}: '{section}.{key}' must be >= 0, got {value}")
             elif kind == "by_sigma":

@@ -69,3 +69,22 @@ def test_a_value_rule_still_judges_the_value_and_keeps_the_controls_beside_it(tm
     record = gate.checks["explanations.outside_brain_mass"]
     assert record["status"] == "PASS" and record["basis"] == "value" and record["value"] == 0.07
     assert "controls:" in record["message"]
+
+
+def test_the_plan_scales_with_the_work_and_a_budget_shrinks_the_sampled_stages():
+    from audit.plan import MIN_IMAGES, UnitCosts, fit_budget, plan_stages
+    from audit.runner import AuditConfig
+
+    costs = UnitCosts(forward=0.01, gradcam=0.012, ig_row=0.03)
+    config = AuditConfig()
+    plans = {p.stage: p for p in plan_stages(160, config, costs, n_sigmas=2)}
+    assert plans["predictions"].seconds == pytest.approx(1.6)
+    assert plans["faithfulness"].seconds == pytest.approx(64 * 5 * 2 * 21 * 0.01)
+    total = sum(p.seconds for p in plans.values())
+    fitted = fit_budget(160, config, costs, 2, minutes=total / 60 / 3)
+    new_total = sum(p.seconds for p in plan_stages(160, fitted, costs, 2))
+    assert new_total <= total / 3 + 1e-6 or min(fitted.ig_images, fitted.faithfulness_images) == MIN_IMAGES
+    assert fitted.faithfulness_images < config.faithfulness_images and fitted.gradcam_images == 0
+    tiny = fit_budget(160, config, costs, 2, minutes=0.001)
+    assert tiny.ig_images == tiny.faithfulness_images == tiny.stability_images == MIN_IMAGES
+    assert fit_budget(160, config, costs, 2, minutes=1e6) is config

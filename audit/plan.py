@@ -1,0 +1,118 @@
+"""An audit that knows its cost: time one batch of each kind of work, estimate every stage, fit a budget.
+
+Every expensive stage is a count of three unit costs — a forward pass, a Grad-CAM (forward + one
+backward to a feature map) and an IG row (forward + backward to the input) — times the images and steps
+it covers. One timed batch of each gives the plan before the stages run; with ``[audit] budget_minutes``
+the sample sizes shrink (never below ``MIN_IMAGES``, the smallest sample whose subject-bootstrap CI we
+still report) until the estimate fits.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+MIN_IMAGES = 16          # below this the skill CIs are too wide to say anything
+FAITHFULNESS_ORDERS = 5  # Grad-CAM + four control maps, each a deletion and an insertion curve
+IG_ROWS_PER_IMAGE = 40   # adaptive IG at tolerance 0.05 spent 36 gradients per image on the demo model
+RANDOMIZATION_STAGES = 6
+
+
+@dataclass
+class UnitCosts:
+    """Seconds per image for each kind of work, measured on one batch of the evaluated images."""
+
+    forward: float
+    gradcam: float
+    ig_row: float
+
+
+@dataclass
+class StagePlan:
+    stage: str
+    images: int
+    work: str
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return {"stage": self.stage, "images": self.images, "work": self.work, "seconds": round(self.seconds, 1)}
+
+
+def measure_costs(run, batch: int | None = None) -> UnitCosts:
+    """Time one warm batch of predictions, Grad-CAM and IG rows on the run's own images and model."""
+    from audit.explain.ig import ig_function
+
+    n = min(len(run.inputs), batch or run.config.batch_size)
+    x, targets = run.inputs[:n], run.model_targets[:n] if "probs" in run.__dict__ else None
+
+    def timed(fn) -> float:
+        fn()  # trace/compile once
+        started = time.perf_counter()
+        fn()
+        return (time.perf_counter() - started) / n
+
+    forward = timed(lambda: run.predict_fn(x))
+    gradcam = timed(lambda: run.gradcam(x, targets if targets is not None else np.full(n, -1)))
+    step = ig_function(run.model, "logit")
+    alphas = np.linspace(0, 1, n).astype(np.float32)
+    wanted = np.zeros(n, np.int32)
+    ig_row = timed(lambda: step(x, np.zeros_like(x), alphas, wanted))
+    return UnitCosts(forward, gradcam, ig_row)
+
+
+def plan_stages(n_images: int, config, costs: UnitCosts, n_sigmas: int) -> list[StagePlan]:
+    """Estimated seconds per stage for these sample sizes (0 = all images, as the runner reads it)."""
+    def size(n: int) -> int:
+        return n_images if n <= 0 else min(n, n_images)
+
+    n_cam, n_ig, n_f = size(config.gradcam_images), size(config.ig_images), size(config.faithfulness_images)
+    n_s, n_r = size(config.stability_images), size(config.randomization_images)
+    rows = IG_ROWS_PER_IMAGE if config.ig_tolerance else config.ig_steps + 1
+    curves = FAITHFULNESS_ORDERS * 2 * (config.faithfulness_steps + 1)
+    noisy = n_sigmas * config.stability_draws
+    return [
+        StagePlan("predictions", n_images, "1 forward pass", n_images * costs.forward),
+        StagePlan("Grad-CAM", n_cam, "1 Grad-CAM", n_cam * costs.gradcam),
+        StagePlan("Integrated Gradients", n_ig, f"~{rows} gradient rows", n_ig * rows * costs.ig_row),
+        StagePlan("faithfulness", n_f, f"{curves} forward passes (5 orders x 2 curves)", n_f * curves * costs.forward),
+        StagePlan("stability", n_s, f"{noisy} noisy Grad-CAMs + predictions",
+                  n_s * noisy * (costs.gradcam + costs.forward)),
+        StagePlan("randomization", n_r, f"~{RANDOMIZATION_STAGES} cascade stages of Grad-CAM",
+                  n_r * RANDOMIZATION_STAGES * costs.gradcam),
+    ]
+
+
+def fit_budget(n_images: int, config, costs: UnitCosts, n_sigmas: int, minutes: float):
+    """A copy of ``config`` whose sampled stages fit ``minutes`` (never below MIN_IMAGES each).
+
+    Predictions and Grad-CAM over every image are kept (every other figure needs them); the sampled
+    stages (IG, faithfulness, stability, randomization) shrink by one common factor.
+    """
+    budget = minutes * 60.0
+    plans = {p.stage: p for p in plan_stages(n_images, config, costs, n_sigmas)}
+    fixed = plans["predictions"].seconds + plans["Grad-CAM"].seconds
+    sampled = sum(p.seconds for name, p in plans.items() if name not in ("predictions", "Grad-CAM"))
+    if fixed + sampled <= budget or sampled <= 0:
+        return config
+    factor = max(0.0, budget - fixed) / sampled
+    floor = min(MIN_IMAGES, n_images)
+
+    def shrink(n: int) -> int:
+        current = n_images if n <= 0 else min(n, n_images)
+        return max(floor, int(math.floor(current * factor)))
+
+    return replace(config, ig_images=shrink(config.ig_images), faithfulness_images=shrink(config.faithfulness_images),
+                   stability_images=shrink(config.stability_images),
+                   randomization_images=shrink(config.randomization_images))
+
+
+def plan_table(plans: list[StagePlan]) -> str:
+    """A plain-text plan for the console: stage, images, work per image, estimated minutes."""
+    lines = [f"{'stage':22s} {'images':>6s}  {'est. min':>8s}  work per image"]
+    for p in plans:
+        lines.append(f"{p.stage:22s} {p.images:6d}  {p.seconds / 60:8.2f}  {p.work}")
+    total = sum(p.seconds for p in plans)
+    lines.append(f"{'total':22s} {'':6s}  {total / 60:8.2f}")
+    return "\n".join(lines)
