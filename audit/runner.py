@@ -140,8 +140,14 @@ class AuditRun:
                      "seconds_per_image": {k: round(v, 5) for k, v in asdict(costs).items()},
                      "stages": [p.to_dict() for p in plans],
                      "estimated_seconds": round(sum(p.seconds for p in plans), 1)}
-        factor = 2 if self.baseline is not None else 1
-        return plan_table(plans) + ("\n(x2: the baseline model is audited on the same images)" if factor == 2 else "")
+        text = plan_table(plans)
+        if self.baseline is not None:
+            text += "\n(x2: the baseline model is audited on the same images)"
+        budget = self.config.budget_minutes
+        if budget and self.plan["estimated_seconds"] > budget * 60:
+            text += (f"\nthe {budget:g}-minute budget cannot be met without going below the minimum samples the "
+                     "confidence intervals need; running at the minimum")
+        return text
 
     def with_baseline(self, baseline_path: str | Path, *, unsafe: bool = False) -> "AuditRun":
         """Attach a baseline model audited on exactly this run's split (its arrays cached beside ours)."""
