@@ -246,7 +246,7 @@ def controls_figure(controls: dict[str, dict[str, Any]] | None, titles: dict[str
                   for k in keys]
         ax.barh(y + (j - (len(series) - 1) / 2) * height, _floats(values), height=height, label=name,
                 color="#222222" if control is None else None)
-    ax.set_yticks(y, [label(titles[k], 28) for k in keys])
+    ax.set_yticks(y, [label(titles[k], 40) for k in keys])
     ax.invert_yaxis()
     ax.set(xlabel="figure value (see table for direction)", title="Model beside its control maps")
     ax.legend(frameon=False, fontsize=7, ncol=5, loc="upper center", bbox_to_anchor=(0.5, -0.12))
