@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import pkgutil
 import sys
 
+from audit.tflog import quiet_tensorflow
 from model.errors import AlzAuditError
 
 
@@ -40,7 +40,7 @@ def _missing_subcommand(parser: argparse.ArgumentParser) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out
+    quiet_tensorflow()  # TensorFlow's C++ start-up log stays out (ALZAUDIT_TF_LOGS=1 shows it)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

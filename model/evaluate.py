@@ -45,13 +45,26 @@ def predict(model, images: np.ndarray, *, batch_size: int = 64) -> np.ndarray:
 _FORWARD_CACHE: dict = {}
 
 
+class _Forward:
+    """``model(x)`` in inference mode as float32. A callable object, not a lambda: TensorFlow counts
+    retracing per Python code object, so one lambda shared by every model's ``tf.function`` made several
+    models in one process (a notebook, the randomization cascade) look like excessive retracing."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, x):
+        import tensorflow as tf
+
+        return tf.cast(self.model(x, training=False), tf.float32)
+
+
 def _compiled_forward(model):
     import tensorflow as tf
 
     key = id(model)
     if key not in _FORWARD_CACHE or _FORWARD_CACHE[key][0] is not model:
-        fn = tf.function(lambda x: tf.cast(model(x, training=False), tf.float32), reduce_retracing=True)
-        _FORWARD_CACHE[key] = (model, fn)
+        _FORWARD_CACHE[key] = (model, tf.function(_Forward(model), reduce_retracing=True))
     return _FORWARD_CACHE[key][1]
 
 

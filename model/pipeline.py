@@ -116,5 +116,19 @@ def make_dataset(images: np.ndarray, labels: np.ndarray | None = None, *, batch_
             x = tf.repeat(x, 3, axis=-1)
         return (x, *rest) if rest else x
 
-    ds = ds.map(to_float, num_parallel_calls=tf.data.AUTOTUNE)
+    # Random augmentation under op determinism (which training enables) runs sequentially anyway: tf.data
+    # rewrites the parallel map into a plain one, and that rewrite logs a spurious C++ error (it copies
+    # ParallelMapDatasetV2's use_unbounded_threadpool attribute onto MapDataset). Asking for the sequential
+    # map directly gives the same batches without the rewrite.
+    parallel = None if aug is not None and _op_determinism_enabled() else tf.data.AUTOTUNE
+    ds = ds.map(to_float, num_parallel_calls=parallel)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _op_determinism_enabled() -> bool:
+    try:
+        from tensorflow.python.framework import config
+
+        return bool(config.is_op_determinism_enabled())
+    except (ImportError, AttributeError):  # a TensorFlow without it: keep the parallel map
+        return False

@@ -275,10 +275,10 @@ def _run_phase(phase, config, run_dir, state, model, pretrained, train_ds, val_d
 def _plot_curves(run_dir: Path, plan: list[int]) -> Path | None:
     import csv
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # The object API with an Agg canvas, never pyplot: a library must not switch the caller's backend
+    # (a notebook's inline plots would stop showing after training).
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     logs = []
     offset = 0
@@ -292,7 +292,9 @@ def _plot_curves(run_dir: Path, plan: list[int]) -> Path | None:
         offset += len(rows)
     if not logs:
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    fig = Figure(figsize=(9, 3.2))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2)
     epochs = [e for e, _, _ in logs]
     for ax, key in zip(axes, ("loss", "accuracy")):
         ax.plot(epochs, [float(r[key]) for _, _, r in logs], label=f"train {key}")
@@ -309,5 +311,4 @@ def _plot_curves(run_dir: Path, plan: list[int]) -> Path | None:
     out = run_dir / "training_curves.png"
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
     return out
