@@ -15,6 +15,9 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from audit.tflog import quiet_tensorflow  # noqa: E402 - before anything imports TensorFlow
+
+quiet_tensorflow()
 
 import pytest
 
