@@ -13,25 +13,25 @@ How (:mod:`audit.hashing` holds the numeric core):
 2. Each val/test slice is searched against every train slice of its class: its ``top_k`` most similar
    keys (an exact matrix-product search), within ``max_distance`` pHash bits (at the best flip).
 3. Each candidate pair is registered (the poses give the start, ``cv2.findTransformECC`` refines it) and
-   compared at 128 px: ``match`` is the correlation of the band-passed images over both brains. Per
+   compared at 128 px: the band-passed images are correlated tile by tile, and the 10th percentile of
+   the tiles is the ``match`` score (a twin matches everywhere; another brain differs somewhere). Per
    query the candidates are tried most similar first, and the first confirmed twin ends the search.
 
-Thresholds (measured; tests/test_leakage.py, benchmarks/bench_leakage.py, docs/measurements.md):
+Thresholds (measured on synthetic cohorts — deformed copies of one template, far more alike than real
+brains; tests/test_leakage.py, benchmarks/bench_leakage.py, docs/measurements.md):
 
-- ``match_min`` 0.95: planted twins (any angle in ±15°, shifts up to 10%, zoom ±10%, flips,
-  brightness/contrast with clipping, JPEG q50-90, and combinations) score >= 0.98; distinct synthetic
-  subjects — deformed copies of one template, far more alike than real brains — at most 0.91 after
-  registration, and slices of one subject 1 mm apart at most 0.95.
-- ``max_distance`` 16 bits (canonical pHash, best flip): twins stay within 10; it spares the
-  registration of about a third of the nearest distinct-subject candidates.
-- ``top_k`` 8 and ``min_similarity`` 0.8: a twin's original ranked first for 99% of planted twins among
-  6,400 similar slices, and within the top 8 for all but 1 in 1,000 (tests and benchmark).
-- ``ssim_min`` 0.5: a sanity floor on the SSIM of the registered pair (twins >= 0.75, clipped contrast
-  included); it no longer decides alone, since SSIM cannot tell a twin from a registered similar brain.
+- ``match_min`` 0.92: 1,400 planted twins (any angle in ±15°, shifts up to 10%, zoom ±10%, flips,
+  brightness/contrast with clipping, JPEG q50-90, all at once) scored >= 0.977; the 8 most similar
+  slices of other subjects, registered, <= 0.86 (6,400 pairs). Slices of one subject 1 mm apart reach
+  0.92 (the same brain: reported at times), 2 mm apart <= 0.77.
+- ``max_distance`` 16 bits (canonical pHash, best flip): twins stay within 10; a cheap veto.
+- ``top_k`` 8 and ``min_similarity`` 0.8: among 6,408 similar slices (24 per subject, 1 mm apart) a
+  twin's original ranked first for 99% of planted twins and within the top 8 for 99.7-100%.
+- ``ssim_min`` 0.5: a sanity floor on the SSIM of the registered pair (twins >= 0.65, clipped contrast
+  included); SSIM no longer decides, since it cannot tell a twin from a registered similar brain.
 
-Known blind spots: a brain cropped by more than half, non-brain images with no dark background (the
-pose is then the whole frame: rotations beyond a few degrees are missed), mirrored-and-rotated copies
-beyond ±15° are found only when the pose catches them, and slices from one subject that are not
+Known blind spots: a brain cropped by more than half, images without a dark background (the pose is
+then the frame's: rotations beyond a few degrees are missed), and slices from one subject that are not
 near-duplicates (far-apart slices) are invisible without subject IDs.
 """
 from __future__ import annotations
@@ -47,7 +47,7 @@ from typing import Sequence
 import numpy as np
 
 from audit.hashing import (CANON_SIZE, CONFIRM_SIZE, FLIP_NAMES, MATCH_BAND, POSE_SIZE, Candidates, Variant,
-                           best_flip, brain_mask, canonical_thumbnail, dhash, flip_invariant, flipped,
+                           band_pass, best_flip, brain_mask, canonical_thumbnail, dhash, flip_invariant, flipped,
                            foreground_pose, hamming, intensity_levels, match_score, pair_matrix, phash,
                            register, rescale_matrix, similarity_search, work_image)
 from model.classes import CLASSES
@@ -56,7 +56,7 @@ from model.manifest import KAGGLE_SOURCES, SPLIT_NAMES, Manifest, Sample
 
 DEFAULT_MAX_DISTANCE = 16
 DEFAULT_SSIM_MIN = 0.5
-DEFAULT_MATCH_MIN = 0.95
+DEFAULT_MATCH_MIN = 0.92
 DEFAULT_TOP_K = 8
 DEFAULT_MIN_SIMILARITY = 0.8
 DEFAULT_DHASH_MAX = 64            # dHash is reported, not filtered on (it is unstable under JPEG: up to 16 bits)
@@ -276,7 +276,7 @@ def find_twins(data: ImageData, query_idx: Sequence[int], ref_idx: Sequence[int]
                top_k: int = DEFAULT_TOP_K, dhash_max: int = DEFAULT_DHASH_MAX, same_class: bool = True,
                exclude_self: bool = False, match_min: float = DEFAULT_MATCH_MIN,
                min_similarity: float = DEFAULT_MIN_SIMILARITY, stop: str = "first",
-               cross_label: bool = False) -> Twins:
+               cross_label: bool = False, keep_rejected: bool = False) -> Twins:
     """Near-duplicates of the query samples among the reference samples.
 
     ``same_class``: a twin shares its original's label, so searching class by class finds the same
@@ -286,7 +286,8 @@ def find_twins(data: ImageData, query_idx: Sequence[int], ref_idx: Sequence[int]
     ``"first"`` — a query's first confirmed twin ends its search (enough for leakage rates);
     ``"connected"`` — a pair already linked through confirmed twins is skipped (the connected components
     come out the same as with every pair scored: pseudo-subjects); ``"never"`` — every candidate is
-    scored (to measure margins).
+    scored. ``keep_rejected`` returns every scored pair, twin or not (``score`` below ``match_min``, and
+    ``ssim`` NaN where it was not needed): with ``stop="never"``, the margins of a threshold.
     """
     if stop not in ("first", "connected", "never"):
         raise ValueError(f"stop must be 'first', 'connected' or 'never', not {stop!r}")
@@ -326,7 +327,8 @@ def find_twins(data: ImageData, query_idx: Sequence[int], ref_idx: Sequence[int]
     order = np.lexsort((-sim, q))            # per query, most similar first
     q, r, flip1, flip2, dp, dd = q[order], r[order], flip1[order], flip2[order], dp[order], dd[order]
     results = _confirm_in_rounds(data, q, r, flip1, flip2, match_min, ssim_min, stop)
-    ok = np.array([res is not None and res[0] >= match_min and res[1] >= ssim_min for res in results], bool)
+    ok = np.array([res is not None and (keep_rejected or (res[0] >= match_min and res[1] >= ssim_min))
+                   for res in results], bool)
     rows = np.flatnonzero(ok)
     flips = np.array([results[k][2] for k in rows], np.int64)
     names = [_transform_name(results[k][3], FLIP_NAMES[results[k][2]], _pose_shape(data.works[int(r[k])]))
@@ -373,7 +375,8 @@ def _confirm_in_rounds(data: ImageData, q: np.ndarray, r: np.ndarray, flip1: np.
             todo = todo[[not linked.connected(int(q[i]), int(r[i])) for i in todo]]
         if todo.size == 0:
             continue
-        chunks = np.array_split(todo, max(1, min(len(todo) // 64, 8 * workers)))
+        todo = todo[np.argsort(r[todo], kind="stable")]   # a reference's pairs together: prepared once
+        chunks = np.array_split(todo, min(todo.size, max(workers, todo.size // 32)))
 
         def run(rows):
             return [(i, _score_pair(data, prepared, int(q[i]), int(r[i]), int(flip1[i]), int(flip2[i]), match_min))
@@ -412,8 +415,8 @@ class _PreparedCache:
 
 
 def _prepare(work: np.ndarray, levels: np.ndarray):
-    """(fine, coarse, mask, scale): the 128-px image stretched to [0, 1], its 64-px blurred version for
-    ECC, the dilated brain mask at 128 px, and the 64->128 pixel scale per axis."""
+    """(fine, band, coarse, mask, scale): the 128-px image stretched to [0, 1] and its band-pass, its 64-px
+    blurred version for ECC, the dilated brain mask at 128 px, and the 64->128 pixel scale per axis."""
     import cv2
 
     lo, hi = float(levels[0]), float(levels[1])
@@ -421,36 +424,45 @@ def _prepare(work: np.ndarray, levels: np.ndarray):
     coarse = cv2.GaussianBlur(work_image(fine, POSE_SIZE), (0, 0), 0.8)
     mask = cv2.dilate(brain_mask(work, (lo, hi)), np.ones((5, 5), np.uint8))
     scale = (fine.shape[1] / coarse.shape[1], fine.shape[0] / coarse.shape[0])
-    return fine, coarse, mask, scale
+    return fine, band_pass(fine), coarse, mask, scale
 
 
 def _score_pair(data: ImageData, prepared: _PreparedCache, qi: int, ri: int, flip1: int, flip2: int,
                 match_min: float):
     """(match, ssim, flip, matrix) of one candidate pair, remembered in ``data.scores``.
 
-    The two best flips are tried with the pose alignment alone; if the better one already clears
-    ``match_min`` the pair is a twin, otherwise ECC refines it and the pair is scored again.
+    The two best flips are tried with the pose alignment alone; if one already clears ``match_min`` the
+    pair is a twin; otherwise ECC refines the flip whose overall correlation is higher (the tile score
+    of two poorly aligned flips says little about which is nearer) and the pair is scored again. The
+    SSIM (reported, and checked against ``ssim_min``) is only computed for a pair that clears ``match_min``.
     """
     key = (qi, ri, match_min)
     hit = data.scores.get(key)
     if hit is not None:
         return hit
-    fq, cq, mq, sq = prepared(qi)
-    fr, cr, mr, sr = prepared(ri)
-    best = (-1.0, 0.0, flip1, None)
+    fq, _, cq, mq, sq = prepared(qi)
+    fr, br, cr, mr, sr = prepared(ri)
+
+    def score(matrix, with_ssim=False):
+        return match_score(fq, fr, rescale_matrix(matrix, sr, sq), query_mask=mq, ref_mask=mr, ref_band=br,
+                           with_ssim=with_ssim)
+
+    tried = []
     for flip in dict.fromkeys((flip1, flip2)):
         init = pair_matrix(data.poses[qi], data.poses[ri], FLIP_NAMES[flip])
-        score, ssim, _ = match_score(fq, fr, rescale_matrix(init, sr, sq), query_mask=mq, ref_mask=mr)
-        if score > best[0]:
-            best = (score, ssim, flip, init)
-    if best[0] < match_min:
-        refined = register(cq, cr, best[3])
+        tried.append((score(init), flip, init))
+    best = max(tried, key=lambda t: t[0].match)
+    if best[0].match < match_min:
+        start = max(tried, key=lambda t: t[0].correlation)
+        refined = register(cq, cr, start[2])
         if refined is not None:
-            score, ssim, _ = match_score(fq, fr, rescale_matrix(refined, sr, sq), query_mask=mq, ref_mask=mr)
-            if score > best[0]:
-                best = (score, ssim, best[2], refined)
-    data.scores[key] = best
-    return best
+            value = score(refined)
+            if value.match > best[0].match:
+                best = (value, start[1], refined)
+    ssim = score(best[2], with_ssim=True).ssim if best[0].match >= match_min else float("nan")
+    result = (best[0].match, ssim, best[1], best[2])
+    data.scores[key] = result
+    return result
 
 
 def _transform_name(matrix: np.ndarray, flip: str, shape: tuple[int, int] = (POSE_SIZE, POSE_SIZE)) -> str:
