@@ -1,12 +1,17 @@
-"""Perceptual hashes, Hamming search and batched SSIM: the numeric core of the leakage audit.
+"""The numeric core of the leakage audit: foreground pose, canonical thumbnails, exact top-k search,
+ECC registration and the tile match score; also perceptual hashes, Hamming search and batched SSIM.
 
-Why perceptual hashes: two files that are the same slice after JPEG re-compression, a flip or a small
-rotation differ in every byte but keep their low-frequency structure. A 64-bit DCT pHash (the top-left
-8x8 DCT coefficients of a 32x32 thumbnail, thresholded at their median) and a 64-bit dHash (signs of
-horizontal gradients on a 9x8 thumbnail) summarise that structure; near-duplicates are within a few bits.
-Hashes are not rotation-invariant, so every image is also hashed under the transforms augmentation uses
-(flips and rotations, :data:`DEFAULT_VARIANTS`); a twin then matches the variant that undoes its
-augmentation. Candidates are confirmed with SSIM (Wang et al. 2004) on the aligned thumbnails.
+What the audit uses (second half of this module, "pose-normalised search and matching"): every slice is
+mapped onto a canonical pose by its brain foreground, so rotations at any angle, shifts and zooms vanish
+before anything is compared; a flip-invariant canonical thumbnail is the search key; candidate pairs are
+registered with OpenCV's ECC and scored tile by tile on band-passed images.
+
+Perceptual hashes (first half): a 64-bit DCT pHash (the top-left 8x8 DCT coefficients of a 32x32
+thumbnail, thresholded at their median) and a 64-bit dHash (signs of horizontal gradients on a 9x8
+thumbnail) summarise an image's low-frequency structure. The audit keeps the pHash of the canonical
+image as a cheap veto and for the report. The variant hashes (:data:`DEFAULT_VARIANTS`: flips x rotations
+every 5°) were the audit's search before it learned poses; a 5° grid misses twins turned in between and
+every shift or zoom, so they stay only as a public API (and as the baseline of benchmarks/bench_leakage.py).
 """
 from __future__ import annotations
 
@@ -49,9 +54,9 @@ def make_variants(flips: Iterable[str] = ("", "h", "v", "hv"),
     return tuple(out)
 
 
-# Reference augmentation (model/pipeline.py, and the Kaggle augmented set): rotations up to ±15° and
-# horizontal/vertical flips. Rotations are hashed every 5°: a residual of at most 2.5° costs pHash only a
-# few bits (see tests/test_leakage.py), far below the candidate threshold.
+# The pre-pose search hashed every image under flips x rotations every 5° (the reference augmentation's
+# ±15°). Kept as public API; benchmarks/bench_leakage.py measures it as the baseline (61% recall on
+# augmenters' twins: every shifted one missed).
 DEFAULT_VARIANTS = make_variants()
 
 

@@ -60,7 +60,7 @@ DEFAULT_MATCH_MIN = 0.92
 DEFAULT_TOP_K = 8
 DEFAULT_MIN_SIMILARITY = 0.8
 DEFAULT_DHASH_MAX = 64            # dHash is reported, not filtered on (it is unstable under JPEG: up to 16 bits)
-CROSS_LABEL_TOP_K = 3
+CROSS_LABEL_TOP_K = 1            # a copy filed under another label is that label's nearest image
 MAX_PAIRS = 200
 MAX_IDS = 50
 SPLIT_PAIRS = (("val", "train"), ("test", "train"), ("test", "val"))
@@ -84,9 +84,9 @@ class ImageData:
     dhash: np.ndarray
     variants: tuple[Variant, ...]
     works: dict[int, np.ndarray]
-    poses: np.ndarray = None
-    thumbs: np.ndarray = None
-    levels: np.ndarray = None
+    poses: np.ndarray | None = None
+    thumbs: np.ndarray | None = None
+    levels: np.ndarray | None = None
     scores: dict = field(default_factory=dict)  # (query, ref) -> (match, ssim, flip, matrix, registered)
     _keys: np.ndarray | None = None
 

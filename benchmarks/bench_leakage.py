@@ -11,10 +11,12 @@ Printed: time to describe, time of the top-k candidate search (same-class, as th
 across all classes), candidate recall (the twin's original among its top k), confirmed recall per
 family, false pairs among a sample of the distractor queries, and two baselines measured in the same
 run: the old variant-hash pipeline (pHash under 4 flips x 7 rotations, top-5 Hamming, SSIM) on the same
-planted twins, and a naive per-query loop for the search. Exits 1 if the same-class search takes 30 s
-or more or the confirmed recall is under 99%.
+planted twins, and a naive per-query loop for the search. Then, end to end on files, the whole
+``leakage_report`` of a fake Kaggle layout (240 originals of distinct subjects, 1,200 augmented twins,
+the split made by slice and then by pseudo-subject). Exits 1 if the same-class search takes 30 s or more, the confirmed
+recall is under 99%, or a false pair is confirmed.
 
-    .venv/bin/python benchmarks/bench_leakage.py [--cache-dir DIR] [--distractor-sample N]
+    .venv/bin/python benchmarks/bench_leakage.py [--cache-dir DIR] [--distractor-sample N] [--no-layout]
 """
 from __future__ import annotations
 
@@ -163,12 +165,58 @@ def old_pipeline(ref_images, twin_images, ref_labels, twin_labels):
     return matched
 
 
+def kaggle_layout(refs, ref_labels, ref_subjects, folder: Path) -> bool:
+    """``leakage_report`` end to end on a fake Kaggle layout: 240 originals (60 per class, one slice per
+    subject), 5 augmented twins each (families cycling), JPEG files; split by slice, then by
+    pseudo-subject. Returns whether every figure came out right."""
+    import cv2
+
+    from audit.leakage import leakage_report, pseudo_subjects
+    from model.manifest import index_dataset
+    from model.splits import split_manifest
+
+    rng = np.random.default_rng(3)
+    labels, subjects = np.array(ref_labels), np.array(ref_subjects)
+    picks = []
+    for c in CLASSES:
+        own = rng.permutation(np.unique(subjects[labels == c]))[:60]
+        picks += [int(rng.choice(np.flatnonzero(subjects == sid))) for sid in own]
+    families = [f for f in FAMILIES if f != "flip"] + ["flip"]
+    for n, i in enumerate(picks):
+        original = refs[i]
+        out = folder / "OriginalDataset" / labels[i] / f"{n} ({n % 7}).jpg"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(out), original, [cv2.IMWRITE_JPEG_QUALITY, 95])
+        for a in range(5):
+            twin, _ = make_twin(original, rng, families[(n + a) % len(families)])
+            aug = folder / "AugmentedAlzheimerDataset" / labels[i] / f"{n:05d}-{a}-uuid.jpg"
+            aug.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(aug), twin, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    manifest = index_dataset(folder)
+    t_report, report = timed(leakage_report, manifest, cache=False, seed=0)
+    twins = report["kaggle_twins"]["all"]
+    print(f"fake Kaggle layout ({twins['originals']} originals, {twins['augmented']} augmented twins), "
+          f"leakage_report end to end {t_report:.0f} s:")
+    print(f"  augmented images with their twin found: {twins['augmented_with_twin']} of {twins['augmented']}; "
+          f"pseudo-subjects {report['pseudo_subjects']} ({len(picks)} expected); cross-label pairs "
+          f"{report['n_cross_label_pairs']}")
+    print(f"  random (slice) split: {report['rate']['test->train']:.1%} of test images have a twin in train")
+    t_pseudo, groups = timed(pseudo_subjects, manifest, cache=False)
+    split, _ = split_manifest(manifest, seed=0, group="pseudo", groups=groups)
+    after = leakage_report(split, cache=False, pseudo=False)
+    print(f"  split by pseudo-subject ({t_pseudo:.0f} s to group): {after['max_rate']:.1%} of val/test images "
+          f"have a twin in another split")
+    return (twins["augmented_with_twin"] >= 0.99 * twins["augmented"] and report["n_cross_label_pairs"] == 0
+            and after["max_rate"] == 0.0)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cache-dir", type=Path, help="keep the two synthetic cohorts here between runs")
     parser.add_argument("--distractor-sample", type=int, default=2000,
                         help="distractor queries whose candidates are all registered (false pairs); 0: all 33,660")
     parser.add_argument("--top-k", type=int, default=DEFAULT_TOP_K)
+    parser.add_argument("--no-layout", action="store_true", help="skip the end-to-end fake Kaggle layout run")
     args = parser.parse_args()
     print(f"leakage benchmark at Kaggle scale ({os.cpu_count()} CPU cores, load {os.getloadavg()[0]:.1f})")
     with tempfile.TemporaryDirectory() as tmp:
@@ -245,6 +293,9 @@ def main() -> int:
           f"{t_false / max(false.checked, 1) * 1e3:.2f} ms/pair); best match of 200 queries' candidates "
           f"{scored.score.max():.3f}")
     ok = t_search < LIMIT_S and recall >= RECALL_MIN and len(false.query) == 0
+    if not args.no_layout:
+        with tempfile.TemporaryDirectory() as tmp:
+            ok = kaggle_layout(refs, ref_labels, ref_subjects, Path(tmp) / "kaggle") and ok
     print(f"{'PASS' if ok else 'FAIL'}: same-class search {t_search:.1f} s (limit {LIMIT_S:.0f} s), recall "
           f"{recall:.1%} (min {RECALL_MIN:.0%}), {len(false.query)} false pairs")
     return 0 if ok else 1
