@@ -65,7 +65,7 @@ MAX_PAIRS = 200
 MAX_IDS = 50
 SPLIT_PAIRS = (("val", "train"), ("test", "train"), ("test", "val"))
 CACHE_NAME = ".alzaudit-hashes.npz"
-_CACHE_VERSION = "pose+canon24+phash64/v2"
+_CACHE_VERSION = "pose+canon24+phash64+digest/v3"
 FLIP_VARIANTS = tuple(Variant(f) for f in FLIP_NAMES)
 _PREPARED_CACHE = 2048            # prepared images kept per search (~80 KB each)
 
@@ -76,7 +76,8 @@ class ImageData:
     """Per-sample pose, canonical thumbnail and hashes, and the 128-px work images the matching needs.
 
     ``phash``/``dhash`` are ``(N, 4)``: the canonical image under the four flips (``variants``).
-    ``poses`` ``(N, 5)`` are in :data:`POSE_SIZE` pixels; ``levels`` ``(N, 2)`` the 1st/99th percentiles.
+    ``poses`` ``(N, 5)`` are in :data:`POSE_SIZE` pixels; ``levels`` ``(N, 2)`` the 1st/99th percentiles;
+    ``digests`` ``(N,)`` a 64-bit digest of the decoded pixels (equal digests: the same image).
     """
 
     samples: list[Sample]
@@ -87,6 +88,7 @@ class ImageData:
     poses: np.ndarray | None = None
     thumbs: np.ndarray | None = None
     levels: np.ndarray | None = None
+    digests: np.ndarray | None = None
     scores: dict = field(default_factory=dict)  # (query, ref) -> (match, ssim, flip, matrix, registered)
     _keys: np.ndarray | None = None
 
@@ -125,6 +127,17 @@ def describe_work(work: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
     return pose, np.array(levels, np.float32), thumb.astype(np.float32), p, d
 
 
+def content_digest(work: np.ndarray) -> np.uint64:
+    """64-bit BLAKE2b digest of a work image's shape and pixels: byte-identical copies (in any file format
+    that decodes to the same pixels) are found by it even when they carry nothing to match (a blank
+    slice) or too little (a thin strip)."""
+    import hashlib
+
+    work = np.ascontiguousarray(work)
+    digest = hashlib.blake2b(np.array(work.shape, np.int64).tobytes() + work.tobytes(), digest_size=8)
+    return np.frombuffer(digest.digest(), np.uint64)[0]
+
+
 def image_data_from_arrays(images: Sequence[np.ndarray], labels: Sequence[str] | None = None, *,
                            workers: int | None = None) -> ImageData:
     """:class:`ImageData` of images already in memory (grayscale arrays): for benchmarks and tests that
@@ -135,16 +148,28 @@ def image_data_from_arrays(images: Sequence[np.ndarray], labels: Sequence[str] |
 
     def one(i):
         work = np.rint(work_image(images[i], CONFIRM_SIZE)).astype(np.uint8)
-        return i, work, describe_work(work)
+        return i, work, (*describe_work(work), content_digest(work))
 
     n = len(images)
-    poses, levels = np.zeros((n, 5), np.float32), np.zeros((n, 2), np.float32)
-    thumbs = np.zeros((n, CANON_SIZE, CANON_SIZE), np.float32)
-    ph, dh = np.zeros((n, 4), np.uint64), np.zeros((n, 4), np.uint64)
+    fields = _empty_fields(n)
     with ThreadPoolExecutor(max_workers=workers or _workers()) as pool:
-        for i, work, (pose, lev, thumb, p, d) in pool.map(one, range(n)):
-            works[i], poses[i], levels[i], thumbs[i], ph[i], dh[i] = work, pose, lev, thumb, p, d
-    return ImageData(samples, ph, dh, FLIP_VARIANTS, works, poses, thumbs, levels)
+        for i, work, described in pool.map(one, range(n)):
+            works[i] = work
+            for name, value in zip(_CACHE_FIELDS, described):
+                fields[name][i] = value
+    return _image_data(samples, works, fields)
+
+
+def _empty_fields(n: int) -> dict:
+    return {"pose": np.zeros((n, 5), np.float32), "levels": np.zeros((n, 2), np.float32),
+            "thumb": np.zeros((n, CANON_SIZE, CANON_SIZE), np.float32),
+            "phash": np.zeros((n, 4), np.uint64), "dhash": np.zeros((n, 4), np.uint64),
+            "digest": np.zeros(n, np.uint64)}
+
+
+def _image_data(samples: list[Sample], works: dict, fields: dict) -> ImageData:
+    return ImageData(samples, fields["phash"], fields["dhash"], FLIP_VARIANTS, works, fields["pose"],
+                     fields["thumb"], fields["levels"], fields["digest"])
 
 
 def cache_path_for(manifest: Manifest) -> Path:
@@ -164,9 +189,7 @@ def image_hashes(samples: Sequence[Sample], *, cache: str | os.PathLike | None =
     stats = [_stat(s.path) for s in samples]
     cached = _read_cache(Path(cache), key) if cache else {}
     n = len(samples)
-    fields = {"pose": np.zeros((n, 5), np.float32), "levels": np.zeros((n, 2), np.float32),
-              "thumb": np.zeros((n, CANON_SIZE, CANON_SIZE), np.float32),
-              "phash": np.zeros((n, 4), np.uint64), "dhash": np.zeros((n, 4), np.uint64)}
+    fields = _empty_fields(n)
     todo = []
     for i, (sample, stat) in enumerate(zip(samples, stats)):
         hit = cached.get((str(sample.path), *stat))
@@ -179,7 +202,7 @@ def image_hashes(samples: Sequence[Sample], *, cache: str | os.PathLike | None =
 
     def one(i: int):
         work = _work(samples[i].path)
-        return i, work, describe_work(work)
+        return i, work, (*describe_work(work), content_digest(work))
 
     if todo:
         with ThreadPoolExecutor(max_workers=_workers()) as pool:
@@ -198,11 +221,10 @@ def image_hashes(samples: Sequence[Sample], *, cache: str | os.PathLike | None =
             except OSError as exc:
                 if warnings is not None:
                     warnings.append(f"{cache}: hash cache not written ({exc.strerror or exc})")
-    return ImageData(samples, fields["phash"], fields["dhash"], FLIP_VARIANTS, works, fields["pose"],
-                     fields["thumb"], fields["levels"])
+    return _image_data(samples, works, fields)
 
 
-_CACHE_FIELDS = ("pose", "levels", "thumb", "phash", "dhash")
+_CACHE_FIELDS = ("pose", "levels", "thumb", "phash", "dhash", "digest")
 
 
 def _work(path: Path) -> np.ndarray:
@@ -245,6 +267,7 @@ def _write_cache(path: Path, key: str, samples, stats, fields: dict, previous: d
     columns["thumb"] = columns["thumb"].astype(np.float16).reshape(len(keys), CANON_SIZE, CANON_SIZE)
     columns["phash"] = columns["phash"].astype(np.uint64).reshape(len(keys), -1)
     columns["dhash"] = columns["dhash"].astype(np.uint64).reshape(len(keys), -1)
+    columns["digest"] = columns["digest"].astype(np.uint64).reshape(len(keys))
     with atomic_path(path, suffix=".npz") as tmp:
         np.savez(tmp, key=np.array(key), paths=np.array([k[0] for k in keys]),
                  sizes=np.array([k[1] for k in keys], np.int64), mtimes=np.array([k[2] for k in keys], np.int64),
@@ -309,13 +332,22 @@ def find_twins(data: ImageData, query_idx: Sequence[int], ref_idx: Sequence[int]
         q_all.append(q[found.query])
         r_all.append(r[found.ref])
         s_all.append(found.similarity)
+        exact = _same_pixels(data, q, r, top_k + (1 if exclude_self else 0))
+        q_all.append(exact[0])
+        r_all.append(exact[1])
+        s_all.append(np.full(exact[0].size, 2.0, np.float32))   # identical pixels rank first
     q = np.concatenate(q_all) if q_all else np.empty(0, np.int64)
     r = np.concatenate(r_all) if r_all else np.empty(0, np.int64)
     sim = np.concatenate(s_all) if s_all else np.empty(0, np.float32)
     keep = q != r if exclude_self else np.ones(q.size, bool)
-    if exclude_self:  # top_k + 1 were asked for; drop self, then anything past top_k
-        q, r, sim = q[keep], r[keep], sim[keep]
-        keep = _rank_within(q) < top_k
+    q, r, sim = q[keep], r[keep], sim[keep]
+    order = np.lexsort((-sim, r, q))          # one row per pair (the exact one if both), then top_k per query
+    q, r, sim = q[order], r[order], sim[order]
+    first = np.r_[True, (q[1:] != q[:-1]) | (r[1:] != r[:-1])] if q.size else np.empty(0, bool)
+    q, r, sim = q[first], r[first], sim[first]
+    order = np.lexsort((-sim, q))
+    q, r, sim = q[order], r[order], sim[order]
+    keep = _rank_within(q) < top_k
     q, r, sim = q[keep], r[keep], sim[keep]
     # The canonical pHash at the best flip: a cheap veto before the (costlier) registration.
     dp = hamming(data.phash[q, 0][:, None], data.phash[r]).astype(np.int16)
@@ -338,6 +370,20 @@ def find_twins(data: ImageData, query_idx: Sequence[int], ref_idx: Sequence[int]
                  np.array([results[k][1] for k in rows], np.float32), names, nominated,
                  np.array([results[k][0] for k in rows], np.float32),
                  sum(1 for res in results if res is not None))
+
+
+def _same_pixels(data: ImageData, q: np.ndarray, r: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (query, reference) with identical pixels (equal digests), at most ``limit`` per query."""
+    if data.digests is None or q.size == 0 or r.size == 0:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    shared = np.intersect1d(data.digests[q], data.digests[r])
+    if shared.size == 0:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    refs = defaultdict(list)
+    for j in r[np.isin(data.digests[r], shared)].tolist():
+        refs[data.digests[j]].append(j)
+    pairs = [(i, j) for i in q[np.isin(data.digests[q], shared)].tolist() for j in refs[data.digests[i]][:limit]]
+    return np.array([p[0] for p in pairs], np.int64), np.array([p[1] for p in pairs], np.int64)
 
 
 def _pose_shape(work: np.ndarray) -> tuple[int, int]:
@@ -440,6 +486,9 @@ def _score_pair(data: ImageData, prepared: _PreparedCache, qi: int, ri: int, fli
     hit = data.scores.get(key)
     if hit is not None:
         return hit
+    if data.digests is not None and data.digests[qi] == data.digests[ri]:   # the same pixels
+        data.scores[key] = (1.0, 1.0, 0, np.eye(2, 3))
+        return data.scores[key]
     fq, _, cq, mq, sq = prepared(qi)
     fr, br, cr, mr, sr = prepared(ri)
 

@@ -412,6 +412,19 @@ def test_duplicates_filed_under_two_labels_are_reported(clean, tmp_path):
     json.dumps(report)
 
 
+def test_identical_pixels_are_twins_even_with_nothing_to_match(tmp_path):
+    """A blank slice, a flat grey one and a thin strip carry no anatomy to register; byte-identical copies
+    of them (here re-saved as BMP) are still duplicates, found by their pixel digest."""
+    rng = np.random.default_rng(14)
+    images = {"blank": np.zeros((208, 176), np.uint8), "grey": np.full((50, 40), 77, np.uint8),
+              "strip": rng.integers(0, 255, (30, 300)).astype(np.uint8)}
+    samples = [Sample(write(tmp_path / f"{name}.png", im), CLASSES[0]) for name, im in images.items()]
+    samples += [Sample(write(tmp_path / f"copy_{name}.bmp", im), CLASSES[0]) for name, im in images.items()]
+    found = find_twins(image_hashes(samples), [3, 4, 5], [0, 1, 2])
+    assert sorted(zip(found.query.tolist(), found.match.tolist())) == [(3, 0), (4, 1), (5, 2)]
+    assert found.transform == ["identity"] * 3 and np.all(found.score == 1.0)
+
+
 # -------------------------------------------------------------------------------- subjects and splits
 def test_subject_overlap_zero_for_subject_split_and_positive_for_slice_split(cohort, clean, tmp_path):
     cache = tmp_path / "hashes.npz"
