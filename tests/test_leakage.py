@@ -391,7 +391,7 @@ def test_clean_split_has_no_false_pairs_and_a_margin(cohort40, capsys):
               f"< {DEFAULT_MATCH_MIN}")
 
 
-def test_duplicates_filed_under_two_labels_are_reported(clean, tmp_path):
+def test_duplicates_filed_under_two_labels_are_reported(clean, tmp_path, capsys):
     """The same slice in two class folders (a plain copy, and a rotated JPEG copy) is a labelling error the
     report names apart from the split leakage; the clean data has none."""
     tests = [s for s in clean.samples if s.split == "test"]
@@ -410,6 +410,11 @@ def test_duplicates_filed_under_two_labels_are_reported(clean, tmp_path):
     assert any(w.startswith("LABELS: 2") for w in report["warnings"])
     assert report["max_rate"] == 0.0          # a twin under another label is not a same-class split leak
     json.dumps(report)
+    from audit.commands.leakage import print_report
+
+    print_report(report)
+    printed = "".join(capsys.readouterr().out.split())          # rich wraps long lines
+    assert "filedundertwolabels(2pairs)" in printed and "copy_of_first.png" in printed
 
 
 def test_identical_pixels_are_twins_even_with_nothing_to_match(tmp_path):

@@ -22,7 +22,8 @@ def register(top, data) -> None:
     p.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, metavar="K",
                    help=f"most similar candidates registered per image (default {DEFAULT_TOP_K})")
     p.add_argument("--match-min", type=float, default=DEFAULT_MATCH_MIN, metavar="M",
-                   help=f"band-pass correlation of the registered pair that confirms a twin (default {DEFAULT_MATCH_MIN})")
+                   help="match score that confirms a twin: 10th percentile of the tile correlations of the "
+                        f"registered, band-passed pair (default {DEFAULT_MATCH_MIN})")
     p.add_argument("--ssim-min", type=float, default=DEFAULT_SSIM_MIN, metavar="S",
                    help=f"SSIM floor of the registered pair (default {DEFAULT_SSIM_MIN}; the match score decides)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the hash cache")
@@ -54,6 +55,7 @@ def print_report(report: dict) -> None:
     from rich import box
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from model.classes import CLASSES
 
@@ -95,9 +97,9 @@ def print_report(report: dict) -> None:
                       box=box.SIMPLE_HEAD, pad_edge=False)
         for column in ("image", "label", "twin", "label ", "match"):
             cross.add_column(column, overflow="fold")
-        for row in report["cross_label_pairs"][:10]:
-            cross.add_row(row["query"], row["labels"][0], row["match"], row["labels"][1], f"{row['match_score']:.3f}",
-                          style="bold red")
+        for row in report["cross_label_pairs"][:10]:   # paths as plain text: "[" in a name is not markup
+            cross.add_row(Text(row["query"]), row["labels"][0], Text(row["match"]), row["labels"][1],
+                          f"{row['match_score']:.3f}", style="bold red")
         console.print(cross)
     if "pseudo_subjects" in report:
         detail = report["pseudo_subject_detail"]
