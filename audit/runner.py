@@ -768,7 +768,8 @@ def _leakage_section(report: dict) -> dict:
                     flat[name] = max(flat.get(name, 0.0), float(rate))
         by_class = flat
     return {**{k: report.get(k) for k in ("rate", "max_rate", "subjects_known", "pairs", "grid_png")},
-            "rate_by_class": by_class, "subject_overlap": n_overlap}
+            "rate_by_class": by_class, "subject_overlap": n_overlap,
+            "n_cross_label_pairs": int(report.get("n_cross_label_pairs") or 0)}
 
 
 def _to_uint8(image: np.ndarray, scale: float) -> np.ndarray:

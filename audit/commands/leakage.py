@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 def register(top, data) -> None:
-    from audit.leakage import DEFAULT_MAX_DISTANCE, DEFAULT_SSIM_MIN
+    from audit.leakage import DEFAULT_MATCH_MIN, DEFAULT_MAX_DISTANCE, DEFAULT_SSIM_MIN, DEFAULT_TOP_K
 
     p = data.add_parser("leakage", help="find near-duplicate slices and shared subjects across splits")
     p.add_argument("dir", metavar="DIR_OR_MANIFEST",
@@ -18,9 +18,14 @@ def register(top, data) -> None:
     p.add_argument("--grid", metavar="PNG", help="image grid of the worst pairs (default: beside --json)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split made when the manifest has none")
     p.add_argument("--max-distance", type=int, default=DEFAULT_MAX_DISTANCE, metavar="D",
-                   help=f"pHash bits for a candidate pair (default {DEFAULT_MAX_DISTANCE})")
+                   help=f"pHash bits (pose-normalised slices) for a candidate pair (default {DEFAULT_MAX_DISTANCE})")
+    p.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, metavar="K",
+                   help=f"most similar candidates registered per image (default {DEFAULT_TOP_K})")
+    p.add_argument("--match-min", type=float, default=DEFAULT_MATCH_MIN, metavar="M",
+                   help="match score that confirms a twin: 10th percentile of the tile correlations of the "
+                        f"registered, band-passed pair (default {DEFAULT_MATCH_MIN})")
     p.add_argument("--ssim-min", type=float, default=DEFAULT_SSIM_MIN, metavar="S",
-                   help=f"SSIM that confirms a twin (default {DEFAULT_SSIM_MIN})")
+                   help=f"SSIM floor of the registered pair (default {DEFAULT_SSIM_MIN}; the match score decides)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the hash cache")
     p.add_argument("--pseudo", dest="pseudo", action="store_true", default=None,
                    help="group near-duplicates into pseudo-subjects (default: only without subject IDs)")
@@ -36,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     manifest = load_dataset(args.dir)
     grid = args.grid or (str(Path(args.json).with_name(Path(args.json).stem + "_pairs.png")) if args.json else None)
     report = leakage_report(manifest, seed=args.seed, max_distance=args.max_distance, ssim_min=args.ssim_min,
-                            cache=not args.no_cache, grid_png=grid, pseudo=args.pseudo, progress=True)
+                            match_min=args.match_min, top_k=args.top_k, cache=not args.no_cache, grid_png=grid,
+                            pseudo=args.pseudo, progress=True)
     print_report(report)
     if args.json:
         atomic_write_json(args.json, report)
@@ -49,6 +55,7 @@ def print_report(report: dict) -> None:
     from rich import box
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from model.classes import CLASSES
 
@@ -56,8 +63,9 @@ def print_report(report: dict) -> None:
     split = report["split"]
     source = "from the manifest" if split["source"] == "manifest" else \
         f"made here by {split['group']} (seed {split['seed']})"
-    table = Table(title=f"near-duplicates across splits (splits {source}; pHash <= "
-                        f"{report['thresholds']['max_distance']} bits, SSIM >= {report['thresholds']['ssim_min']})",
+    thresholds = report["thresholds"]
+    table = Table(title=f"near-duplicates across splits (splits {source}; any rotation within ±15°, shift, zoom, "
+                        f"flip; registered match >= {thresholds.get('match_min', thresholds['ssim_min'])})",
                   box=box.SIMPLE_HEAD, pad_edge=False,
                   caption="rate: share of the first split's images with a twin in the second, overall and per class")
     table.add_column("split pair", no_wrap=True)
@@ -84,13 +92,22 @@ def print_report(report: dict) -> None:
             twins.add_row(_SHORT.get(name, name), str(row["originals"]), str(row["augmented"]), str(row["augmented_with_twin"]),
                           f"{row['twins_per_original']:.1f}", _pct(row["originals_with_twins"]))
         console.print(twins)
+    if report.get("n_cross_label_pairs"):
+        cross = Table(title=f"near-duplicates filed under two labels ({report['n_cross_label_pairs']} pairs)",
+                      box=box.SIMPLE_HEAD, pad_edge=False)
+        for column in ("image", "label", "twin", "label ", "match"):
+            cross.add_column(column, overflow="fold")
+        for row in report["cross_label_pairs"][:10]:   # paths as plain text: "[" in a name is not markup
+            cross.add_row(Text(row["query"]), row["labels"][0], Text(row["match"]), row["labels"][1],
+                          f"{row['match_score']:.3f}", style="bold red")
+        console.print(cross)
     if "pseudo_subjects" in report:
         detail = report["pseudo_subject_detail"]
         console.print(f"pseudo-subjects: {detail['count']} groups of near-duplicates (largest {detail['largest']}, "
                       f"{detail['spanning_splits']} span splits); 'alzaudit data split --group pseudo' keeps them whole")
     for warning in report["warnings"]:
-        style = "bold red" if warning.startswith("LEAK") else "yellow"
-        console.print(warning if warning.startswith("LEAK") else f"warning: {warning}", style=style, markup=False)
+        loud = warning.startswith(("LEAK", "LABELS"))
+        console.print(warning if loud else f"warning: {warning}", style="bold red" if loud else "yellow", markup=False)
     if report["max_rate"] > 0:
         console.print("Accuracy measured on these splits is inflated: near-duplicates of evaluation images were "
                       "seen in training (Yagis et al. 2021: +30 points on OASIS).", style="bold red")
