@@ -204,6 +204,8 @@ def distribute_step(strategy, step: Callable, n_outputs: int) -> Callable[..., t
         arrays = [np.asarray(a) if specs is None else np.asarray(a, specs[i].dtype.as_numpy_dtype)
                   for i, a in enumerate(arrays)]
         n = len(arrays[0])
+        if n == 0:
+            raise ValueError("distribute_step: no rows to split across replicas")
         size = rows_per_replica(n, count)
         total = size * count
         index = np.arange(total, dtype=np.int64)
