@@ -33,11 +33,22 @@ class Predictions:
         return self.probs.argmax(axis=1)
 
 
-def predict(model, images: np.ndarray, *, batch_size: int = 64) -> np.ndarray:
-    """Batched inference through one compiled function (``model.predict`` carries overhead)."""
+def predict(model, images: np.ndarray, *, batch_size: int = 64, strategy=None) -> np.ndarray:
+    """Batched inference through one compiled function (``model.predict`` carries overhead).
+
+    ``strategy`` (a ``tf.distribute.Strategy``, ``model/distribute.py``) splits each batch across its
+    replicas, ``batch_size`` images per replica, rows back in order; ``None`` runs on one device as before.
+    """
     import tensorflow as tf
 
     fn = _compiled_forward(model)
+    if strategy is not None:
+        from model.distribute import distributed, global_batch
+
+        twin = distributed(fn, fn, strategy, 1)
+        step = global_batch(batch_size, strategy)
+        out = [twin(np.asarray(images[i:i + step], np.float32))[0].numpy() for i in range(0, len(images), step)]
+        return np.concatenate(out, axis=0).astype(np.float64) if out else np.zeros((0, model.output_shape[-1]))
     out = [fn(tf.constant(images[i:i + batch_size])).numpy() for i in range(0, len(images), batch_size)]
     return np.concatenate(out, axis=0).astype(np.float64) if out else np.zeros((0, model.output_shape[-1]))
 

@@ -92,10 +92,11 @@ def augmenter(seed: int = 0, noise: float = 0.0):
 
 def make_dataset(images: np.ndarray, labels: np.ndarray | None = None, *, batch_size: int = 32,
                  training: bool = False, augment: bool = True, seed: int = 0, input_scale: float = 255.0,
-                 channels: int = 1, noise: float = 0.0):
+                 channels: int = 1, noise: float = 0.0, rows: int | None = None):
     """A batched, prefetched ``tf.data.Dataset`` of float32 ``(B, H, W, C)`` (and int labels).
 
     ``training`` shuffles (seeded, reshuffled each epoch) and, with ``augment``, applies the augmenter.
+    ``rows`` keeps only the first ``rows`` examples of each (shuffled) epoch; None keeps all.
     """
     import tensorflow as tf
 
@@ -103,6 +104,8 @@ def make_dataset(images: np.ndarray, labels: np.ndarray | None = None, *, batch_
     ds = tf.data.Dataset.from_tensor_slices(data)
     if training:
         ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    if rows is not None and rows < len(images):
+        ds = ds.take(rows)
     ds = ds.batch(batch_size)
     aug = augmenter(seed, noise) if (training and augment) else None
     scale = tf.constant(input_scale / 255.0, tf.float32)

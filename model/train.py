@@ -4,18 +4,25 @@ Every epoch writes a checkpoint, the best-so-far model and the early-stopping st
 interrupted run continues with ``--resume`` from where it stopped without losing epochs or the best
 weights. Backbones without pretrained weights have nothing to protect, so phase 1 is skipped and
 BatchNormalization trains normally.
+
+Training runs under a ``tf.distribute`` strategy (``TrainConfig.strategy``, see ``model/distribute.py``):
+the model, optimizer and checkpoints are made in its scope and ``batch_size`` is per replica, so the
+global batch is ``batch_size`` x replicas. On several workers only the chief writes the run folder; the
+others write to a temporary folder inside it that is removed when they finish.
 """
 from __future__ import annotations
 
 import json
 import math
 import platform
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from model import distribute
 from model.classes import CLASSES
 from model.errors import AlzAuditError
 from model.fileio import atomic_path, atomic_write_json
@@ -45,6 +52,8 @@ class TrainConfig:
     group: str = "subject"
     augment_noise: float = 0.0           # Gaussian noise augmentation, fraction of the intensity range
     lr_schedule: str = "constant"        # "constant" (the reference method) | "cosine" (decay to 0 over the phase)
+    dropout: float = 0.5                 # before the classification head (build_classifier)
+    strategy: str = "auto"               # "auto" | "one" | "mirrored" | "multiworker" (model/distribute.py)
     plan: list = field(default_factory=list)
     plan_reason: str = ""
 
@@ -137,9 +146,13 @@ def class_weights(labels: np.ndarray, mode: str | None) -> dict | None:
     return {int(c): float(w) for c, w in zip(present, weights)}
 
 
-def prepare_split(config: TrainConfig, run_dir: Path) -> Manifest:
-    """The manifest this run trains on, split subject-aware when needed, saved into the run folder."""
-    saved = run_dir / "split_manifest.csv"
+def prepare_split(config: TrainConfig, run_dir: Path, read_dir: Path | None = None) -> Manifest:
+    """The manifest this run trains on, split subject-aware when needed, saved into the run folder.
+
+    ``read_dir``: where a saved split is looked for first (a worker resuming reads the chief's folder)."""
+    saved = Path(read_dir or run_dir) / "split_manifest.csv"
+    if not saved.is_file():
+        saved = run_dir / "split_manifest.csv"
     if saved.is_file():
         from model.manifest import read_manifest
 
@@ -165,63 +178,140 @@ def prepare_split(config: TrainConfig, run_dir: Path) -> Manifest:
 
 
 def train(config: TrainConfig, *, resume: bool = False, console=None) -> Path:
-    """Run the plan; returns the path of the final model (``model.keras`` in the run folder)."""
-    import keras
+    """Run the plan; returns the path of the final model (``model.keras`` in the run folder).
 
-    from model.network import build_classifier
-    from model.pipeline import load_slices, make_dataset
-
-    run_dir = Path(config.out)
-    state_path = run_dir / STATE_FILE
+    With ``resume`` the saved configuration is used, except ``config.strategy``: the machines a run
+    continues on may differ from those it started on (the global batch then changes, and is recorded).
+    """
+    out_dir = Path(config.out)
+    state_path = out_dir / STATE_FILE
+    requested_strategy = config.strategy
     if resume:
         if not state_path.is_file():
-            raise AlzAuditError(f"{run_dir}: nothing to resume (no {STATE_FILE}); start without --resume")
-        saved = json.loads((run_dir / "config.json").read_text())["config"]
+            raise AlzAuditError(f"{out_dir}: nothing to resume (no {STATE_FILE}); start without --resume")
+        saved = json.loads((out_dir / "config.json").read_text())["config"]
         config = TrainConfig(**{k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__})
+        config.strategy = requested_strategy
     elif state_path.is_file():
-        raise AlzAuditError(f"{run_dir}: a training run is already there; use --resume to continue it or "
+        raise AlzAuditError(f"{out_dir}: a training run is already there; use --resume to continue it or "
                             "choose another --out")
     config.resolve_plan()
+    # First TensorFlow work of the run: a multi-worker strategy must exist before the runtime starts.
+    strategy = distribute.get_strategy(config.strategy)
+    run_dir = distribute.write_dir(out_dir, strategy)   # out_dir on the chief, a temporary folder elsewhere
+    try:
+        return _train(config, resume, console, strategy, out_dir, run_dir)
+    finally:
+        distribute.remove_write_dir(run_dir, strategy)
+
+
+def _train(config: TrainConfig, resume: bool, console, strategy, out_dir: Path, run_dir: Path) -> Path:
+    import keras
+
+    from model.pipeline import load_slices
+
+    chief = distribute.is_chief(strategy)
+    if not chief:
+        # A worker starts from a copy of the chief's folder (for --resume) and writes only to that copy.
+        shutil.rmtree(run_dir, ignore_errors=True)
+        if resume:  # manifests hold paths relative to their folder: the split is read where it lies
+            shutil.copytree(out_dir, run_dir, ignore=shutil.ignore_patterns("workertemp_*", "*.csv", "*.png"))
     run_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
     _deterministic_ops()
     env = environment()
+    replicas = distribute.replicas(strategy)
+    layout = {**distribute.describe(strategy), "per_replica_batch": config.batch_size,
+              "global_batch": config.batch_size * replicas, "sync_batchnorm": replicas > 1}
     say = console.print if console is not None else print
     say(f"device: {env['device']['kind']} ({env['device']['name']}); TensorFlow {env['tensorflow']}, Keras {env['keras']}")
+    say(f"strategy: {layout['strategy']}, {replicas} replica(s) on {layout['workers']} worker(s)"
+        f"{'' if chief else ' (this worker writes to a temporary folder)'}; global batch "
+        f"{layout['global_batch']} = {config.batch_size} per replica x {replicas}")
     say(f"plan: phase(s) {', '.join(map(str, config.plan))} — {config.plan_reason}")
     if not resume:
         atomic_write_json(run_dir / "config.json", {"config": asdict(config), "environment": env,
-                                                    "classes": list(CLASSES), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    manifest = prepare_split(config, run_dir)
+                                                    "distribute": layout, "classes": list(CLASSES),
+                                                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    else:
+        recorded = json.loads((run_dir / "config.json").read_text())
+        recorded.setdefault("resumed", []).append({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                                   "distribute": layout, "environment": env})
+        atomic_write_json(run_dir / "config.json", recorded)
+    manifest = prepare_split(config, run_dir, out_dir)
     size = (config.input_size, config.input_size)
     train_m, val_m = manifest.split("train"), manifest.split("val")
     x_train = load_slices(train_m.samples, size, progress=True, description="loading train slices")
     y_train = np.array(train_m.label_indices())
     x_val = load_slices(val_m.samples, size, progress=True, description="loading val slices")
     y_val = np.array(val_m.label_indices())
-    train_ds = make_dataset(x_train, y_train, batch_size=config.batch_size, training=True,
-                            augment=config.augment, seed=config.seed, noise=config.augment_noise)
-    val_ds = make_dataset(x_val, y_val, batch_size=config.batch_size)
+    train_ds = _dataset(x_train, y_train, config, layout["global_batch"], strategy, say, training=True)
+    val_ds = _dataset(x_val, y_val, config, layout["global_batch"], strategy, say, training=False)
     weights = class_weights(y_train, config.class_weight)
 
+    state_path = run_dir / STATE_FILE
     state = json.loads(state_path.read_text()) if state_path.is_file() else {"completed": [], "current": None}
     pretrained = config.weights not in (None, "none", "")
     model = None
     for phase in config.plan:
         if phase in state["completed"]:
-            model = keras.models.load_model(run_dir / f"phase{phase}_model.keras", safe_mode=True)
+            with strategy.scope():
+                model = keras.models.load_model(run_dir / f"phase{phase}_model.keras", safe_mode=True)
             continue
         model = _run_phase(phase, config, run_dir, state, model, pretrained, train_ds, val_ds, weights,
-                           len(x_train), console)
+                           strategy, console)
     final = run_dir / "model.keras"
-    with atomic_path(final, suffix=".keras") as tmp:
-        model.save(tmp)
+    _save_model(model, final)
+    if not chief:
+        say(f"worker done; the chief writes the final model to {out_dir / 'model.keras'}")
+        return out_dir / "model.keras"
     _plot_curves(run_dir, config.plan)
     say(f"final model: {final}")
     return final
 
 
-def _run_phase(phase, config, run_dir, state, model, pretrained, train_ds, val_ds, weights, n_train, console):
+def _dataset(images, labels, config: TrainConfig, global_batch: int, strategy, say, *, training: bool):
+    """The tf.data pipeline at the global batch; each worker reads it whole and keeps its share of every
+    batch (DATA sharding: in-memory slices have no files to shard by)."""
+    import tensorflow as tf
+
+    from model.pipeline import make_dataset
+
+    rows = distribute.rows_per_epoch(len(images), global_batch, distribute.replicas(strategy))
+    if rows < len(images):
+        say(f"{'train' if training else 'val'}: {len(images) - rows} of {len(images)} examples left out of each "
+            f"epoch: a last batch of fewer rows than the {distribute.replicas(strategy)} replicas would leave "
+            "a replica empty")
+    ds = make_dataset(images, labels, batch_size=global_batch, training=training, rows=rows,
+                      augment=config.augment and training, seed=config.seed, noise=config.augment_noise)
+    if distribute.kind(strategy) == "multiworker":
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        ds = ds.with_options(options)
+    return ds
+
+
+def sync_batchnorm(model, on: bool) -> None:
+    """BatchNormalization statistics over the global batch (``synchronized``) when training on several
+    replicas, so a replica's statistics are the single-device run's, not those of its slice of the batch.
+
+    Only the flag changes (no weights); it is read when the training step is traced, and switched off
+    again before a model is saved for use, so saved models are the ones single-device training writes.
+    """
+    import keras
+
+    for layer in _walk(model):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.synchronized = bool(on)
+
+
+def _save_model(model, path: Path) -> None:
+    sync_batchnorm(model, False)
+    with atomic_path(path, suffix=".keras") as tmp:
+        model.save(tmp)
+
+
+def _run_phase(phase, config, run_dir, state, model, pretrained, train_ds, val_ds, weights, strategy, console):
     import keras
 
     from model.network import build_classifier
@@ -232,23 +322,27 @@ def _run_phase(phase, config, run_dir, state, model, pretrained, train_ds, val_d
     ckpt = run_dir / "checkpoints"
     last = ckpt / f"phase{phase}_last.keras"
     resumed = state.get("current") == phase and last.is_file()
-    if resumed:
-        model = keras.models.load_model(last, safe_mode=True)  # weights and optimizer state
-        set_trainable(model, phase, pretrained)
-        phase_state = state["phase_state"]
-    else:
-        if model is None:
-            model = build_classifier(config.backbone, config.weights, config.input_size, seed=config.seed)
-        set_trainable(model, phase, pretrained)
-        model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy",
-                      metrics=["accuracy"])
-        phase_state = {"epoch": -1, "best": None, "best_epoch": None, "wait": 0}
-        state.update(current=phase, phase_state=phase_state)
-    if resumed:
-        # Re-compile only if load_model gave us no optimizer (e.g. a checkpoint saved uncompiled).
-        if model.optimizer is None:
+    with strategy.scope():  # variables, optimizer slots and metrics become the strategy's
+        if resumed:
+            model = keras.models.load_model(last, safe_mode=True)  # weights and optimizer state
+            set_trainable(model, phase, pretrained)
+            phase_state = state["phase_state"]
+        else:
+            if model is None:
+                model = build_classifier(config.backbone, config.weights, config.input_size, seed=config.seed,
+                                         dropout=config.dropout)
+            set_trainable(model, phase, pretrained)
+            sync_batchnorm(model, distribute.replicas(strategy) > 1)
             model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy",
                           metrics=["accuracy"])
+            phase_state = {"epoch": -1, "best": None, "best_epoch": None, "wait": 0}
+            state.update(current=phase, phase_state=phase_state)
+        if resumed:
+            sync_batchnorm(model, distribute.replicas(strategy) > 1)
+            # Re-compile only if load_model gave us no optimizer (e.g. a checkpoint saved uncompiled).
+            if model.optimizer is None:
+                model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy",
+                              metrics=["accuracy"])
     start = phase_state["epoch"] + 1
     checkpoint = PhaseCheckpoint(run_dir, phase, state, patience=config.patience)
     progress = RichProgress(phase, epochs, start, console=console)
@@ -261,11 +355,11 @@ def _run_phase(phase, config, run_dir, state, model, pretrained, train_ds, val_d
     elif config.lr_schedule != "constant":
         raise AlzAuditError(f"--lr-schedule: '{config.lr_schedule}' (use constant or cosine)")
     if start < epochs and not checkpoint.should_stop_already():
-        model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=start, verbose=0, shuffle=False,
-                  class_weight=weights, callbacks=callbacks)
+        with distribute.keras_fit_fixes(model, strategy, train_ds.element_spec):
+            model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=start, verbose=0,
+                      shuffle=False, class_weight=weights, callbacks=callbacks)
     checkpoint.restore_best(model)
-    with atomic_path(run_dir / f"phase{phase}_model.keras", suffix=".keras") as tmp:
-        model.save(tmp)
+    _save_model(model, run_dir / f"phase{phase}_model.keras")
     state["completed"].append(phase)
     state["current"] = None
     atomic_write_json(run_dir / STATE_FILE, state)

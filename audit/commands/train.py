@@ -23,7 +23,14 @@ def register(top, data) -> None:
     p.add_argument("--backbone", choices=["resnet50", "small"], default="small")
     p.add_argument("--weights", default=None, help="imagenet, none (default) or a local weights file")
     p.add_argument("--input-size", type=int, default=None, help="square input size (default 224 resnet50, 128 small)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="examples per replica per step; the global batch is this x the replicas of --strategy "
+                        "(divide by the replica count to reproduce a one-device run)")
+    p.add_argument("--strategy", choices=["auto", "one", "mirrored", "multiworker"], default="auto",
+                   help="tf.distribute strategy: auto (mirrored when more than one GPU is visible, else one "
+                        "device), one, mirrored (every local GPU), multiworker (hosts in TF_CONFIG; run the "
+                        "same command on every host)")
+    p.add_argument("--dropout", type=float, default=0.5, help="dropout rate before the classification head")
     p.add_argument("--epochs1", type=int, default=10, help="phase 1 epoch limit (frozen backbone)")
     p.add_argument("--epochs2", type=int, default=20, help="phase 2 epoch limit (fine-tuning)")
     p.add_argument("--lr1", type=float, default=1e-4)
@@ -69,13 +76,17 @@ def run_train(args: argparse.Namespace) -> int:
             from model.errors import AlzAuditError
 
             raise AlzAuditError(f"--{name.replace('_', '-')}: must be positive, got {getattr(args, name)}")
+    if not 0.0 <= args.dropout < 1.0:
+        from model.errors import AlzAuditError
+
+        raise AlzAuditError(f"--dropout: must be in [0, 1), got {args.dropout}")
     config = TrainConfig(data=args.data, out=args.out, backbone=args.backbone, weights=weights,
                          input_size=input_size, batch_size=args.batch_size, epochs_phase1=args.epochs1,
                          epochs_phase2=args.epochs2, lr_phase1=args.lr1, lr_phase2=lr2, patience=args.patience,
                          class_weight=None if args.class_weight == "none" else args.class_weight,
                          phases=args.phases, augment=not args.no_augment, seed=args.seed, ratios=args.ratios,
                          group=args.group, lr_schedule=args.lr_schedule,
-                         augment_noise=args.augment_noise)
+                         augment_noise=args.augment_noise, dropout=args.dropout, strategy=args.strategy)
     train(config, resume=args.resume, console=Console())
     return 0
 

@@ -17,37 +17,42 @@ from model.errors import AlzAuditError
 METHODS = ("gradcam", "gradcam++")
 
 
-def gradcam(model, images, targets=None, *, layer: str | None = None, batch_size: int = 32) -> np.ndarray:
+def gradcam(model, images, targets=None, *, layer: str | None = None, batch_size: int = 32,
+            strategy=None) -> np.ndarray:
     """Grad-CAM heatmaps, float32 ``(N, H, W)`` at input resolution, each scaled to [0, 1].
 
     Weights = spatial mean of d(logit of the target class)/d(activations); map = ReLU(sum_k w_k A^k),
     upsampled bilinearly, then min-max scaled per image (a constant map -> zeros). ``targets=None``
     explains the predicted class; ``layer`` is a path such as ``"resnet50/conv5_block3_out"``
     (default: the last 4-D layer, searched through nested models).
+
+    ``strategy`` (a ``tf.distribute.Strategy``, see ``audit/distribute.py``) splits each batch across its
+    replicas, ``batch_size`` images per replica, and returns the same maps in the same order; ``None``
+    runs on one device exactly as before.
     """
-    return _class_activation_maps(model, images, targets, layer, batch_size, "gradcam")[0]
+    return _class_activation_maps(model, images, targets, layer, batch_size, "gradcam", strategy)[0]
 
 
 def gradcam_plus_plus(model, images, targets=None, *, layer: str | None = None,
-                      batch_size: int = 32) -> np.ndarray:
+                      batch_size: int = 32, strategy=None) -> np.ndarray:
     """Grad-CAM++ heatmaps, float32 ``(N, H, W)`` in [0, 1]; same contract as :func:`gradcam`.
 
     Channel weights are sum_ij alpha_ij ReLU(g_ij) with alpha = g^2 / (2 g^2 + sum_ab A_ab g^3) (the
     exponential-score closed form of the paper; the common exp(S) factor cancels after scaling).
     """
-    return _class_activation_maps(model, images, targets, layer, batch_size, "gradcam++")[0]
+    return _class_activation_maps(model, images, targets, layer, batch_size, "gradcam++", strategy)[0]
 
 
 def class_activation_maps(model, images, targets=None, *, method: str = "gradcam", layer: str | None = None,
-                          batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+                          batch_size: int = 32, strategy=None) -> tuple[np.ndarray, np.ndarray]:
     """``(heatmaps (N, H, W) in [0, 1], explained class per image (N,))`` for ``method`` in METHODS.
 
     The second value says which class each map explains, which matters when ``targets=None``.
     """
-    return _class_activation_maps(model, images, targets, layer, batch_size, method)
+    return _class_activation_maps(model, images, targets, layer, batch_size, method, strategy)
 
 
-def _class_activation_maps(model, images, targets, layer, batch_size, method):
+def _class_activation_maps(model, images, targets, layer, batch_size, method, strategy=None):
     if method not in METHODS:
         raise AlzAuditError(f"--method: unknown CAM method '{method}' (choose {', '.join(METHODS)})")
     if batch_size < 1:
@@ -55,6 +60,11 @@ def _class_activation_maps(model, images, targets, layer, batch_size, method):
     images = check_images(model, images)
     wanted = check_targets(targets, len(images), n_outputs(model))
     step = cam_function(model, layer, method)
+    if strategy is not None:
+        from model.distribute import distributed, global_batch
+
+        step = distributed(step, step.step, strategy, 2)
+        batch_size = global_batch(batch_size, strategy)
     maps, used = [], []
     for start in range(0, len(images), batch_size):
         cam, explained = step(images[start:start + batch_size], wanted[start:start + batch_size])
@@ -108,4 +118,5 @@ def _compile(grads_model, path: str, shape: tuple, method: str):
     def run(images, targets):
         return step(tf.constant(images), tf.constant(targets, tf.int32))
 
+    run.step = step  # the per-replica computation, for audit.distribute
     return run

@@ -73,7 +73,7 @@ class IGResult:
 
 def integrated_gradients(model, images, targets=None, *, baseline="black", steps: int = 64,
                          batch_size: int = 32, output: str = "logit", tolerance: float | None = None,
-                         min_steps: int = 16, max_steps: int | None = None) -> IGResult:
+                         min_steps: int = 16, max_steps: int | None = None, strategy=None) -> IGResult:
     """Integrated Gradients of F = the target class's logit (default) or its softmax probability.
 
     ``baseline``: ``"black"`` (all-zero intensities), ``"blur"`` (each image Gaussian-blurred with sigma =
@@ -87,6 +87,10 @@ def integrated_gradients(model, images, targets=None, *, baseline="black", steps
     error exceeds the tolerance, up to the largest ``min_steps * 2**k <= max_steps`` (default
     ``max(steps, 128)``). An image whose delta is not estimable stops at ``min_steps``, since more
     steps cannot make it estimable. The result at ``steps_used[i]`` equals fixed-steps IG at that count.
+
+    ``strategy`` (a ``tf.distribute.Strategy``, see ``audit/distribute.py``) spreads each batch of (image,
+    alpha) rows over its replicas, ``batch_size`` rows per replica; the gradients come back in row order
+    and are summed on the host as before, so the result is the single-device one. ``None``: one device.
     """
     if output not in OUTPUTS:
         raise AlzAuditError(f"--output: unknown IG output '{output}' (choose {', '.join(OUTPUTS)})")
@@ -97,10 +101,15 @@ def integrated_gradients(model, images, targets=None, *, baseline="black", steps
     images = check_images(model, images)
     wanted = check_targets(targets, len(images), n_outputs(model))
     if (wanted < 0).any():
-        predicted = predict(model, images, batch_size=batch_size).argmax(axis=1)
+        predicted = predict(model, images, batch_size=batch_size, strategy=strategy).argmax(axis=1)
         wanted = np.where(wanted < 0, predicted, wanted).astype(np.int32)
     baselines = make_baselines(images, baseline)
     gradient = ig_function(model, output)
+    if strategy is not None:
+        from model.distribute import distributed, global_batch
+
+        gradient = distributed(gradient, gradient.step, strategy, 2)
+        batch_size = global_batch(batch_size, strategy)
     n = len(images)
     path = images.astype(np.float64) - baselines
     # Per image: 0.5 * (g(0) + g(1)) + the sum of every interior gradient so far. With m intervals the
@@ -255,4 +264,5 @@ def _compile(scorer, shape: tuple):
         return step(tf.constant(images, tf.float32), tf.constant(baselines, tf.float32),
                     tf.constant(alphas, tf.float32), tf.constant(targets, tf.int32))
 
+    run.step = step  # the per-replica computation, for audit.distribute
     return run
