@@ -41,6 +41,8 @@ class AuditConfig:
     randomization_gate_fraction: float = 0.5   # judge the cascade once head + this share of backbone stages are random
     min_mask_share: float = 0.01     # localisation: masks covering less of the brain than this are not evaluated
     budget_minutes: float = 0.0      # > 0: the gate shrinks the sampled stages to fit (audit.plan)
+    strategy: str = "auto"           # tf.distribute strategy for the heavy arrays (audit.distribute); not in
+                                     # cache keys: distributed arrays equal single-device ones within 1e-5
     gallery_per_class: int = 2
     layer: str | None = None
     heatmap_sample: int = 32
@@ -185,9 +187,17 @@ class AuditRun:
     def model(self):
         if self._model is not None:
             return self._model
-        from model.network import load_model
+        from audit.distribute import load_model
 
-        return load_model(self.model_path, unsafe=self.unsafe)
+        return load_model(self.model_path, self.strategy, unsafe=self.unsafe)
+
+    @cached_property
+    def strategy(self):
+        """The tf.distribute strategy of the heavy arrays, or None for today's single-device path."""
+        from audit.distribute import get_strategy, kind
+
+        strategy = get_strategy(self.config.strategy)
+        return None if kind(strategy) == "one" else strategy
 
     @cached_property
     def model_sha256(self) -> str:
@@ -306,7 +316,8 @@ class AuditRun:
         from model.evaluate import predict
 
         def compute():
-            return predict(self.model, self.inputs, batch_size=self.config.batch_size)[:, self.contract.to_canonical]
+            return predict(self.model, self.inputs, batch_size=self.config.batch_size,
+                           strategy=self.strategy)[:, self.contract.to_canonical]
 
         return self._cached_array("probs", compute)
 
@@ -323,7 +334,7 @@ class AuditRun:
         """Model-order probabilities for a batch of model inputs (for perturbation metrics)."""
         from model.evaluate import predict
 
-        return predict(self.model, x, batch_size=max(self.config.batch_size, 64))
+        return predict(self.model, x, batch_size=max(self.config.batch_size, 64), strategy=self.strategy)
 
     @cached_property
     def performance(self) -> dict:
@@ -343,13 +354,15 @@ class AuditRun:
     def gradcam(self, x: np.ndarray, targets: np.ndarray) -> np.ndarray:
         from audit.explain import gradcam
 
-        return gradcam(self.model, x, targets, layer=self.layer, batch_size=self.config.batch_size)
+        return gradcam(self.model, x, targets, layer=self.layer, batch_size=self.config.batch_size,
+                       strategy=self.strategy)
 
     def explainer(self, model, x, targets=None):
         """Grad-CAM at the audited layer for any model of the same architecture (randomization)."""
         from audit.explain import gradcam
 
-        return gradcam(model, x, targets, layer=self.layer, batch_size=self.config.batch_size)
+        return gradcam(model, x, targets, layer=self.layer, batch_size=self.config.batch_size,
+                       strategy=self.strategy if model is self.model else None)
 
     @cached_property
     def gradcam_indices(self) -> np.ndarray:
@@ -378,7 +391,7 @@ class AuditRun:
             self.model, self.inputs[idx], self.model_targets[idx], steps=self.config.ig_steps,
             tolerance=self.config.ig_tolerance or None, min_steps=min(16, self.config.ig_steps),
             max_steps=self.config.ig_steps,
-            batch_size=max(self.config.batch_size, 64)))
+            batch_size=max(self.config.batch_size, 64), strategy=self.strategy))
 
     def _gradcam_for(self, idx: np.ndarray) -> np.ndarray:
         position = {int(j): i for i, j in enumerate(self.gradcam_indices)}
@@ -443,7 +456,8 @@ class AuditRun:
         measured on the same quantity (a saturated softmax hides how early the evidence is removed)."""
         from audit.explain.layers import logit_model, predict
 
-        return predict(logit_model(self.model), x, batch_size=max(self.config.batch_size, 64))
+        return predict(logit_model(self.model), x, batch_size=max(self.config.batch_size, 64),
+                       strategy=self.strategy)
 
     @cached_property
     def randomization(self) -> dict:
@@ -810,9 +824,10 @@ def gallery_section(run: AuditRun) -> list[dict]:
     idx = np.array([i for i, _ in chosen])
     x, targets = run.inputs[idx], run.model_targets[idx]
     cam = run._gradcam_for(idx)
-    campp = gradcam_plus_plus(run.model, x, targets, layer=run.layer, batch_size=run.config.batch_size)
+    campp = gradcam_plus_plus(run.model, x, targets, layer=run.layer, batch_size=run.config.batch_size,
+                              strategy=run.strategy)
     ig = integrated_gradients(run.model, x, targets, steps=run.config.ig_steps,
-                              batch_size=max(run.config.batch_size, 64)).heatmaps
+                              batch_size=max(run.config.batch_size, 64), strategy=run.strategy).heatmaps
     items = []
     for row, (i, correct) in enumerate(chosen):
         stem = f"gallery/{CLASSES[run.labels[i]]}_{i:05d}"

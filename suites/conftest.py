@@ -44,6 +44,9 @@ def pytest_addoption(parser):
     group.addoption("--classes", default="canonical",
                     help="model output order: canonical, alphabetical or a comma-separated list")
     group.addoption("--unsafe-load", action="store_true", help="allow Lambda layers / custom code in the model")
+    from model.distribute import STRATEGIES, STRATEGY_HELP
+
+    group.addoption("--strategy", choices=list(STRATEGIES), default="auto", help=STRATEGY_HELP)
     group.addoption("--baseline", help="the model accepted last time (.keras): [change] rules judge the candidate "
                                        "against it on the same images")
 
@@ -68,8 +71,17 @@ def pytest_sessionstart(session):
         thresholds = load_thresholds(opt.thresholds)
         if opt.input_scale not in (1.0, 255.0):
             raise AlzAuditError(f"--input-scale: {opt.input_scale:g} (use 255 or 1)")
+        from audit.distribute import describe, get_strategy, is_chief, write_dir
+
+        strategy = get_strategy(opt.strategy)
+        several_workers = describe(strategy)["workers"] > 1
+        if not is_chief(strategy):  # multi-worker: only the chief writes the audit folder
+            opt.audit_out = str(write_dir(opt.audit_out, strategy))
         audit_config = AuditConfig.from_settings(thresholds.settings, split=opt.split, seed=opt.seed,
-                                                 sigmas=tuple(thresholds.sigmas) or (0.02, 0.05))
+                                                 sigmas=tuple(thresholds.sigmas) or (0.02, 0.05),
+                                                 strategy=opt.strategy,
+                                                 # a worker that hit its cache would skip a collective call
+                                                 **({"cache": False} if several_workers else {}))
         run = AuditRun(opt.model, opt.data, opt.audit_out, audit_config, input_scale=opt.input_scale,
                        classes=parse_classes(opt.classes), unsafe=opt.unsafe_load)
         run.contract  # loads the model and checks outputs against classes
@@ -232,8 +244,11 @@ def _run_section(config, run) -> dict:
         own = version("alzaudit")
     except Exception:
         own = None
+    from audit.distribute import describe, get_strategy
+
     device = device_description()
     return {"started": config.stash.get(STARTED_KEY, _now()), "finished": _now(), "seed": config.option.seed,
+            "distribute": describe(get_strategy(config.option.strategy)),
             "device": {"kind": device["kind"], "name": device["name"]},
             "versions": {"python": platform.python_version(), "tensorflow": tf.__version__,
                          "keras": keras.__version__, "alzaudit": own},
@@ -267,4 +282,11 @@ def _now() -> str:
 
 
 def pytest_configure(config):
+    if getattr(config.option, "strategy", "auto") == "multiworker" and config.option.model:
+        from audit.distribute import get_strategy
+
+        try:  # a multi-worker strategy must exist before anything else starts TensorFlow's runtime
+            get_strategy("multiworker")
+        except AlzAuditError as exc:
+            _usage(str(exc))
     config.addinivalue_line("markers", "check(id): the audit.json check id(s) this test decides")

@@ -23,6 +23,9 @@ def register(top, data) -> None:
     p.add_argument("--no-pdf", action="store_true", help="write report.html only")
     p.add_argument("-k", dest="select", help="run only the checks whose test names match (pytest -k); the verdict "
                                             "is then INCOMPLETE")
+    from model.distribute import STRATEGIES, STRATEGY_HELP
+
+    p.add_argument("--strategy", choices=list(STRATEGIES), default="auto", help=STRATEGY_HELP)
     p.add_argument("--baseline", help="the model accepted last time: [change] rules judge the candidate against "
                                       "it on the same images (paired by subject)")
     add_model_options(p)
@@ -31,7 +34,8 @@ def register(top, data) -> None:
 
 def run_gate(model: str, data: str | None, out: str, *, split: str = "test", thresholds: str | None = None, seed: int = 0,
              device: str = "auto", input_scale: float = 255.0, classes: str = "canonical", unsafe: bool = False,
-             select: str | None = None, quiet: bool = True, baseline: str | None = None) -> str:
+             select: str | None = None, quiet: bool = True, baseline: str | None = None,
+             strategy: str = "auto") -> str:
     """Run ``pytest suites/`` in this process; returns the verdict written to ``out/audit.json``."""
     import pytest
 
@@ -48,6 +52,8 @@ def run_gate(model: str, data: str | None, out: str, *, split: str = "test", thr
         args.append("--unsafe-load")
     if baseline:
         args += ["--baseline", str(baseline)]
+    if strategy != "auto":
+        args += ["--strategy", strategy]
     if select:
         args += ["-k", select]
     if quiet:
@@ -64,10 +70,14 @@ def run_gate(model: str, data: str | None, out: str, *, split: str = "test", thr
 
 
 def run(args: argparse.Namespace) -> int:
+    from audit.distribute import get_strategy, is_chief
+
+    strategy = get_strategy(args.strategy)  # a multi-worker strategy must exist before pytest starts TensorFlow
     verdict = run_gate(args.model, args.data, args.out, split=args.split, thresholds=args.thresholds,
                        seed=args.seed, device=args.device, input_scale=args.input_scale, classes=args.classes,
-                       unsafe=args.unsafe_load, select=args.select, baseline=args.baseline)
-    if not args.no_report:
+                       unsafe=args.unsafe_load, select=args.select, baseline=args.baseline,
+                       strategy=args.strategy)
+    if not args.no_report and is_chief(strategy):
         from reports import render_report
 
         for kind, path in render_report(Path(args.out) / "audit.json", args.out, pdf=not args.no_pdf).items():
