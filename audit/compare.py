@@ -36,22 +36,11 @@ FIGURES: dict[str, tuple[bool, str]] = {
 
 def subject_weights(subjects: Sequence, n_boot: int = N_BOOT, seed: int = 0) -> tuple[np.ndarray, str, int]:
     """``(W (n_boot + 1, N), unit kind, n_units)``: row 0 weights every image 1 (the point estimate), the
-    other rows weight each image by how often its subject was drawn (each image is its own unit when
-    subject IDs are unknown)."""
-    n = len(subjects)
-    if any(s is None or s == "" for s in subjects):
-        codes, kind = np.arange(n), "image"
-    else:
-        _, codes = np.unique(np.asarray([str(s) for s in subjects]), return_inverse=True)
-        kind = "subject"
-    n_units = int(codes.max()) + 1 if n else 0
-    rng = np.random.default_rng([int(seed), 17])
-    counts = np.zeros((n_boot, max(n_units, 1)))
-    if n_units:
-        draws = rng.integers(0, n_units, size=(n_boot, n_units))
-        np.add.at(counts, (np.repeat(np.arange(n_boot), n_units), draws.ravel()), 1.0)
-    weights = np.vstack([np.ones((1, n)), counts[:, codes.reshape(n)] if n else np.zeros((n_boot, 0))])
-    return weights, kind, n_units
+    other rows are the subject bootstrap of ``audit.quality.skill.bootstrap_weights``."""
+    from audit.quality.skill import bootstrap_weights
+
+    boot, kind, n_units = bootstrap_weights(subjects, len(subjects), n_boot=n_boot, seed=seed, salt=17)
+    return np.vstack([np.ones((1, len(subjects))), boot]), kind, n_units
 
 
 def _wmean(weights: np.ndarray, values: np.ndarray) -> np.ndarray:

@@ -16,12 +16,25 @@ N_BOOT = 2000
 CI_LEVEL = 0.95
 
 
-def _units(subjects: Sequence | None, n: int) -> tuple[np.ndarray, str]:
-    """Integer unit per image: its subject, or the image itself where subject IDs are unknown."""
+def bootstrap_weights(subjects: Sequence | None, n: int, *, n_boot: int = N_BOOT, seed: int = 0,
+                      salt: int = 11) -> tuple[np.ndarray, str, int]:
+    """``(W (n_boot, n), unit kind, n_units)``: each replicate weights an image by how often its unit was
+    drawn, units being subjects (each image is its own unit when any subject ID is unknown).
+
+    One mechanism for every subject bootstrap of the audit: skill over controls here, and the paired
+    candidate-vs-baseline deltas of ``audit.compare`` (which weight both models with the same draws).
+    """
     if subjects is None or any(s is None or s == "" for s in subjects):
-        return np.arange(n), "image"
-    _, codes = np.unique(np.asarray([str(s) for s in subjects]), return_inverse=True)
-    return codes.reshape(n), "subject"
+        codes, kind = np.arange(n), "image"
+    else:
+        _, codes = np.unique(np.asarray([str(s) for s in subjects]), return_inverse=True)
+        codes, kind = codes.reshape(n), "subject"
+    n_units = int(codes.max()) + 1 if n else 0
+    counts = np.zeros((n_boot, max(n_units, 1)))
+    if n_units:
+        draws = np.random.default_rng([int(seed), salt]).integers(0, n_units, size=(n_boot, n_units))
+        np.add.at(counts, (np.repeat(np.arange(n_boot), n_units), draws.ravel()), 1.0)
+    return (counts[:, codes] if n else np.zeros((n_boot, 0))), kind, n_units
 
 
 def compare_to_controls(value: np.ndarray, controls: dict[str, np.ndarray], *, higher_is_better: bool,
@@ -40,11 +53,11 @@ def compare_to_controls(value: np.ndarray, controls: dict[str, np.ndarray], *, h
     keep = np.isfinite(table).all(axis=0)
     table = table[:, keep]
     unit_ids = None if subjects is None else [s for s, k in zip(subjects, keep) if k]
-    units, unit_kind = _units(unit_ids, table.shape[1])
+    weights, unit_kind, n_units = bootstrap_weights(unit_ids, table.shape[1], n_boot=n_boot, seed=seed)
     sign = 1.0 if higher_is_better else -1.0
     out: dict[str, Any] = {"value": None, "controls": {k: None for k in names}, "best_control": None,
                            "skill": None, "skill_ci": [None, None], "ci_unit": unit_kind,
-                           "n_images": int(table.shape[1]), "n_units": int(len(np.unique(units))),
+                           "n_images": int(table.shape[1]), "n_units": n_units,
                            "higher_is_better": bool(higher_is_better)}
     if table.shape[1] == 0:
         return out
@@ -56,16 +69,8 @@ def compare_to_controls(value: np.ndarray, controls: dict[str, np.ndarray], *, h
     best = int(np.argmax(sign * means[1:]))
     out["best_control"] = names[best]
     out["skill"] = float(sign * (means[0] - means[1 + best]))
-    n_units = out["n_units"]
     if n_units < 2:
         return out
-    # Resample units with replacement: each replicate weights an image by how often its unit was drawn.
-    rng = np.random.default_rng([int(seed), 11])
-    _, unit_index = np.unique(units, return_inverse=True)
-    draws = rng.integers(0, n_units, size=(n_boot, n_units))
-    counts = np.zeros((n_boot, n_units))
-    np.add.at(counts, (np.repeat(np.arange(n_boot), n_units), draws.ravel()), 1.0)
-    weights = counts[:, unit_index]                               # (B, images)
     boot_means = weights @ table.T / weights.sum(axis=1, keepdims=True)   # (B, 1 + controls)
     boot_skill = sign * boot_means[:, 0] - np.max(sign * boot_means[:, 1:], axis=1)
     alpha = (1.0 - CI_LEVEL) / 2.0
