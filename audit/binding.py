@@ -91,10 +91,13 @@ def content_hashes(paths) -> list[str | None]:
     return out
 
 
-def train_overlap(evaluated: Manifest, run_manifest: str | Path | None) -> dict | None:
+def train_overlap(evaluated: Manifest, run_manifest: str | Path | None,
+                  evaluated_hashes: list[str | None] | None = None) -> dict | None:
     """Evaluated images whose bytes equal a training image of the model's run; None when unknown.
 
-    Returns ``{"count", "n_evaluated", "n_training", "examples": [{"evaluated", "training"}], "run_manifest"}``.
+    ``evaluated_hashes`` (``content_hashes`` of the evaluated files, when the caller already has them)
+    saves reading them twice. Returns ``{"count", "n_evaluated", "n_training", "examples": [{"evaluated",
+    "training"}], "run_manifest"}``.
     """
     if run_manifest is None:
         return None
@@ -108,7 +111,9 @@ def train_overlap(evaluated: Manifest, run_manifest: str | Path | None) -> dict 
         if digest is not None:
             by_hash.setdefault(digest, str(sample.path))
     hits = []
-    for sample, digest in zip(evaluated.samples, content_hashes(s.path for s in evaluated.samples)):
+    if evaluated_hashes is None:
+        evaluated_hashes = content_hashes(s.path for s in evaluated.samples)
+    for sample, digest in zip(evaluated.samples, evaluated_hashes):
         if digest is not None and digest in by_hash:
             hits.append({"evaluated": str(sample.path), "training": by_hash[digest]})
     return {"count": len(hits), "n_evaluated": len(evaluated.samples), "n_training": len(train_samples),

@@ -228,7 +228,8 @@ class AuditRun:
         """Evaluated images the model was trained on, by content hash; None when no run manifest is known."""
         from audit.binding import run_manifest_of, train_overlap
 
-        return self._timed("train_overlap", lambda: train_overlap(self.split, run_manifest_of(self.model_path)))
+        return self._timed("train_overlap", lambda: train_overlap(self.split, run_manifest_of(self.model_path),
+                                                                  self.image_hashes))
 
     @cached_property
     def split(self) -> Manifest:
@@ -272,12 +273,17 @@ class AuditRun:
                                    seed=self.config.seed)
 
     @cached_property
-    def images_sha256(self) -> str:
-        """One hash over the evaluated split: each image's bytes with its label, in order."""
+    def image_hashes(self) -> list[str | None]:
+        """SHA-256 of each evaluated file's bytes, read once for the cache keys and the train overlap."""
         from audit.binding import content_hashes
 
+        return content_hashes(s.path for s in self.split.samples)
+
+    @cached_property
+    def images_sha256(self) -> str:
+        """One hash over the evaluated split: each image's bytes with its label, in order."""
         digest = hashlib.sha256()
-        for sample, content in zip(self.split.samples, content_hashes(s.path for s in self.split.samples)):
+        for sample, content in zip(self.split.samples, self.image_hashes):
             digest.update(f"{content}|{sample.label}|{sample.subject_id}\n".encode())
         return digest.hexdigest()
 
