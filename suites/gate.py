@@ -33,12 +33,7 @@ class Gate:
         maps; it is stored with the check, and a ``skill_min`` rule judges its lower CI bound.
         """
         title, group, meaning, cites = describe(check_id)
-        rule = self.thresholds.rule(check_id)
-        if rule is None:
-            why = f"no threshold configured for {check_id} in {self.thresholds.path}"
-            self._record(check_id, title, group, None if value is None else float(value), None, "NOT_RUN",
-                         f"{meaning}; not judged: {why}", cites, comparison)
-            pytest.skip(why)
+        rule = self._rule_or_not_run(check_id, None if value is None else float(value), comparison)
         if rule.basis == "skill":
             self._check_skill(check_id, rule, comparison, detail, (title, group, meaning, cites))
             return
@@ -77,11 +72,7 @@ class Gate:
     def check_change(self, check_id: str, change: dict | None, *, detail: str = "") -> None:
         """Judge a paired delta candidate − baseline (audit.compare) on its CI bound; see [change] rules."""
         title, group, meaning, cites = describe(check_id)
-        rule = self.thresholds.rule(check_id)
-        if rule is None:
-            why = f"no threshold configured for {check_id} in {self.thresholds.path}"
-            self._record(check_id, title, group, None, None, "NOT_RUN", f"{meaning}; not judged: {why}", cites)
-            pytest.skip(why)
+        rule = self._rule_or_not_run(check_id)
         ci = (change or {}).get("delta_ci") or [None, None]
         bound = ci[0] if rule.direction == "min" else ci[1]
         if change is None or bound is None:
@@ -106,6 +97,17 @@ class Gate:
             warnings.warn(GateWarning(message))
         elif status == "FAIL":
             pytest.fail(message, pytrace=False)
+
+    def _rule_or_not_run(self, check_id: str, value=None, comparison: dict | None = None):
+        """The check's rule; without one the check is recorded NOT_RUN (the verdict becomes INCOMPLETE)."""
+        rule = self.thresholds.rule(check_id)
+        if rule is None:
+            title, group, meaning, cites = describe(check_id)
+            why = f"no threshold configured for {check_id} in {self.thresholds.path}"
+            self._record(check_id, title, group, value, None, "NOT_RUN", f"{meaning}; not judged: {why}", cites,
+                         comparison)
+            pytest.skip(why)
+        return rule
 
     def not_applicable(self, check_id: str, reason: str) -> None:
         """The check cannot apply to this data (e.g. no masks): recorded NOT_APPLICABLE with the reason."""

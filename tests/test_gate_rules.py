@@ -88,3 +88,16 @@ def test_the_plan_scales_with_the_work_and_a_budget_shrinks_the_sampled_stages()
     tiny = fit_budget(160, config, costs, 2, minutes=0.001)
     assert tiny.ig_images == tiny.faithfulness_images == tiny.stability_images == MIN_IMAGES
     assert fit_budget(160, config, costs, 2, minutes=1e6) is config
+
+
+def test_a_check_without_a_threshold_is_not_run_and_makes_the_verdict_incomplete(tmp_path):
+    gate = Gate(_thresholds(tmp_path, "[explanations]\noutside_brain_mass = { max = 0.25 }\n"),
+                expected=["explanations.outside_brain_mass", "explanations.localization_energy"])
+    gate.check("explanations.outside_brain_mass", 0.07)
+    with pytest.raises(pytest.skip.Exception, match="no threshold configured"):
+        gate.check("explanations.localization_energy", 0.4)
+    assert gate.checks["explanations.localization_energy"]["status"] == "NOT_RUN"
+    assert gate.verdict() == "INCOMPLETE"
+    with pytest.raises(pytest.skip.Exception):
+        gate.check_change("change.accuracy", {"delta": 0.0})
+    assert gate.checks["change.accuracy"]["status"] == "NOT_RUN"
