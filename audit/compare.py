@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from model.classes import CLASSES
-from model.evaluate import ECE_BINS, MIN_SUBJECTS_PER_CLASS
+from model.evaluate import ECE_BINS
 
 N_BOOT = 2000
 CI_LEVEL = 0.95
@@ -167,11 +167,13 @@ class _NotComputable(Exception):
 
 
 def _worst_class_delta(candidate, baseline, weights, y) -> tuple[np.ndarray, np.ndarray]:
-    """Per replicate, the class whose recall changed most for the worse (estimable classes only);
+    """Per replicate, the class whose recall changed most for the worse (estimable classes: >= 5 subjects,
+    or slices when subject IDs are unknown, as ``model.evaluate`` decides);
     returns (candidate recall, baseline recall) of that class, so delta = the worst change."""
-    subjects = np.asarray([str(s) for s in candidate.subjects])
-    estimable = [c for c in range(len(CLASSES))
-                 if len(set(subjects[y == c])) >= MIN_SUBJECTS_PER_CLASS]
+    from model.evaluate import not_estimable
+
+    excluded = set(not_estimable(y, candidate.subjects))  # the same rule as the per-class recall check
+    estimable = [c for c in range(len(CLASSES)) if CLASSES[c] not in excluded]
     if not estimable:
         raise _NotComputable
     rc = recall_per_class(weights, y, candidate.predicted)[:, estimable]

@@ -83,3 +83,11 @@ def test_runs_on_different_images_are_refused(cohort):
     b.split.samples = list(reversed(b.split.samples))
     with pytest.raises(AlzAuditError, match="same images"):
         compare_runs(a, b, figures=["accuracy"])
+
+
+def test_worst_class_recall_uses_slices_when_subject_ids_are_unknown(cohort):
+    """The per-class rule of model.evaluate: without IDs, five slices of a stage make it estimable."""
+    _, labels, good, _ = cohort
+    run = fake_run(labels, good, [None] * len(labels))
+    out = compare_runs(run, run, figures=["per_class_recall"])
+    assert out["per_class_recall"]["delta"] == 0 and out["per_class_recall"]["ci_unit"] == "image"
