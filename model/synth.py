@@ -27,13 +27,15 @@ from model.manifest import MANIFEST_NAME, Manifest, Sample, write_manifest
 COHORT_INFO = "cohort.json"
 BALANCES = ("balanced", "kaggle")
 KAGGLE_COUNTS = (3200, 2240, 896, 64)  # images per class in the Kaggle original set, CLASSES order
-# Severity per stage: mean and spread of a normal (|normal| for NonDemented), clipped to [0, 1]. About
-# 2.7 spreads separate neighbouring means, so their ranges overlap only in the tails (a few subjects).
+# Severity per stage: mean and spread of a normal (|normal| for NonDemented), clipped to [0, 1]. Clinical
+# stage and atrophy are only loosely coupled, so neighbouring stages overlap: about 1.7 spreads from each
+# mean to the midpoint, i.e. roughly one subject in twelve looks like its neighbouring stage (even a
+# model that read the severity perfectly would reach ~0.92 balanced accuracy; docs/synthetic_cohort.md).
 STAGE_SEVERITY = {
-    "NonDemented": (0.0, 0.01),
-    "VeryMildDemented": (0.33, 0.05),
-    "MildDemented": (0.60, 0.05),
-    "ModerateDemented": (0.93, 0.04),
+    "NonDemented": (0.0, 0.05),
+    "VeryMildDemented": (0.22, 0.06),
+    "MildDemented": (0.48, 0.07),
+    "ModerateDemented": (0.78, 0.08),
 }
 # MNI z (mm) of the first and last slice centre: the lateral ventricles (frontal horns, bodies, atria).
 SLICE_RANGE_MM = (6, 24)

@@ -22,6 +22,7 @@ OUT_H, OUT_W = 208, 176
 VENT_MM = 14.0           # periventricular tissue lost (mm): the ventricle wall moves outward by this
 THIN_MM = 1.0            # cortex lost from the pial side (sulci widen by twice this)
 HIPPO_MM = 5.0           # medial-temporal erosion depth
+SULCI_MM = 1.2           # SD of the subject's own sulcal widening/narrowing (mm), unrelated to the stage
 CORTEX_EXTENT_MM = 5.5   # grey matter farther than this from white matter is CSF even without atrophy
 HALO_MM = 6.0            # width (mm) of the periventricular white-matter darkening at atrophy 1.0
 HALO_DEPTH = 0.6         # how far that white matter darkens toward the grey-matter level
@@ -43,6 +44,8 @@ class Subject:
     marker_draws: tuple[float, ...]  # uniform draws deciding the shortcut marker, one per slice
     affine: tuple[float, ...]    # rotation (rad), scale x, scale y (output px per mm), shift x, y (px)
     elastic: np.ndarray          # (2, 5, 5) coarse displacement (mm) of the anatomy
+    elastic_fine: np.ndarray     # (2, 9, 9) finer displacement (mm): the subject's own gyral shapes
+    sulci: np.ndarray            # (8, 8) coarse field: where this subject's sulci are wider or narrower
     patch: np.ndarray            # (6, 6) coarse field modulating where the cortex thins most
     bias: np.ndarray             # (4, 4) coarse log-gain field
     vent_base: float             # natural (non-disease) ventricle size variation (mm)
@@ -66,6 +69,13 @@ def _contrast_curve(rng: np.random.Generator) -> np.ndarray:
                      white + 0.07], dtype=np.float32)
 
 
+def _slice_contrasts(rng: np.random.Generator, k: int) -> tuple[tuple[float, ...], ...]:
+    """The subject's contrast curve, jittered slightly for each of its ``k`` slices."""
+    curve = _contrast_curve(rng)
+    jitter = rng.normal(0.0, 0.01, (k, len(curve))) * (curve > 0)
+    return tuple(tuple(float(c) for c in np.clip(curve + j, 0.0, 1.0)) for j in jitter)
+
+
 def draw_subject(rng: np.random.Generator, subject_id: str, stage: str, severity: float,
                  severity_scale: float, z_mm: tuple[int, ...]) -> Subject:
     """Draw the subject's anatomy, pose and scanner parameters (not its stage) from ``rng``."""
@@ -75,19 +85,23 @@ def draw_subject(rng: np.random.Generator, subject_id: str, stage: str, severity
         z_mm=tuple(int(z) for z in z_mm),
         noise_seeds=tuple(int(s) for s in rng.integers(0, 2**31 - 1, k)),
         marker_draws=tuple(float(u) for u in rng.random(k)),
-        affine=(float(rng.uniform(-0.08, 0.08)),  # rotation, about +-4.6 degrees
-                *(float(s) for s in rng.uniform(0.85, 0.98) * rng.uniform(0.98, 1.02, 2)),  # head size, aspect
-                *(float(t) for t in rng.uniform(-3.0, 3.0, 2))),
-        elastic=rng.normal(0.0, 1.5, (2, 5, 5)).astype(np.float32),
+        affine=(float(rng.uniform(-0.10, 0.10)),  # rotation, about +-5.7 degrees
+                *(float(s) for s in rng.uniform(0.80, 1.0) * rng.uniform(0.96, 1.04, 2)),  # head size, aspect
+                *(float(t) for t in rng.uniform(-4.0, 4.0, 2))),
+        elastic=rng.normal(0.0, 2.5, (2, 5, 5)).astype(np.float32),
+        elastic_fine=rng.normal(0.0, 1.0, (2, 9, 9)).astype(np.float32),
+        sulci=rng.normal(0.0, 1.0, (8, 8)).astype(np.float32),
         patch=rng.normal(0.0, 1.0, (6, 6)).astype(np.float32),
-        bias=rng.normal(0.0, 0.04, (4, 4)).astype(np.float32),
-        vent_base=float(rng.uniform(0.0, 0.5)),
+        bias=rng.normal(0.0, 0.06, (4, 4)).astype(np.float32),
+        # Healthy ventricles differ in size between people by as much as very mild atrophy enlarges them.
+        vent_base=float(rng.uniform(0.0, 2.5)),
         thin_base=tuple(float(v) for v in rng.uniform(0.0, 2.5, k)),
-        # Intensity varies per slice (as in slice exports normalised one image at a time): a per-subject
-        # intensity fingerprint would let a model trained on few subjects memorise them.
-        contrast=tuple(tuple(float(c) for c in _contrast_curve(rng)) for _ in range(k)),
-        gain=tuple(float(g) for g in rng.uniform(0.8, 1.2, k)),
-        blur=float(rng.uniform(0.0, 0.7)),
+        # Each subject is scanned once: the scanner's contrast curve and gain belong to the subject, with a
+        # small jitter per slice (export normalisation). Slices of one subject therefore share a look that
+        # a model can memorise, which is what makes slice-level splits leak (docs/synthetic_cohort.md).
+        contrast=_slice_contrasts(rng, k),
+        gain=tuple(float(g) for g in rng.uniform(0.8, 1.2) * rng.uniform(0.97, 1.03, k)),
+        blur=float(rng.uniform(0.0, 0.9)),
         noise=float(rng.uniform(0.012, 0.035)),
     )
 
@@ -143,8 +157,8 @@ def subject_grid(template: TemplatePlanes, subject: Subject) -> tuple[np.ndarray
     u = cols - (OUT_W - 1) / 2.0 + tx
     v = rows - (OUT_H - 1) / 2.0 + ty
     c, s = np.cos(theta), np.sin(theta)
-    ex = cv2.resize(subject.elastic[0], (OUT_W, OUT_H), interpolation=cv2.INTER_CUBIC)
-    ey = cv2.resize(subject.elastic[1], (OUT_W, OUT_H), interpolation=cv2.INTER_CUBIC)
+    ex, ey = (cv2.resize(subject.elastic[i], (OUT_W, OUT_H), interpolation=cv2.INTER_CUBIC)
+              + cv2.resize(subject.elastic_fine[i], (OUT_W, OUT_H), interpolation=cv2.INTER_CUBIC) for i in (0, 1))
     col = template.centre[0] + (c * u - s * v) / sx + ex
     row = template.centre[1] + (s * u + c * v) / sy + ey
     return col.astype(np.float32), row.astype(np.float32)
@@ -186,7 +200,11 @@ def _thinned_plane(template: TemplatePlanes, subject: Subject, k: int, amount: f
     plane = template.plane(subject.z_mm[k])
     height, width = template.t1.shape[1:]
     patch = cv2.resize(subject.patch, (width, height), interpolation=cv2.INTER_CUBIC)
-    thin = (subject.thin_base[k] + THIN_MM * amount) * np.clip(1.0 + 0.4 * patch, 0.3, 1.7)
+    sulci = cv2.resize(subject.sulci, (width, height), interpolation=cv2.INTER_CUBIC)
+    # The subject's own sulcal pattern (the same in every slice, unrelated to the stage) plus the
+    # atrophy's thinning, which is patchy too.
+    thin = np.maximum((subject.thin_base[k] + THIN_MM * amount) * np.clip(1.0 + 0.4 * patch, 0.3, 1.7)
+                      + SULCI_MM * sulci, 0.0)
     cortical = np.clip(template.wm_dist[plane] - (CORTEX_EXTENT_MM - thin) + 0.5, 0.0, 1.0) * template.cortex[plane]
     depth = template.hippo_depth[plane]
     medial = np.clip(HIPPO_MM * amount - depth + 1.0, 0.0, 1.0) * (depth > 0) * min(1.0, 4.0 * amount)

@@ -1,0 +1,89 @@
+"""Calibrate the synthetic cohort: the demo recipe, trained on a subject-level split, seed by seed.
+
+The cohort is meant to be as hard as real slices (docs/synthetic_cohort.md): the demo model should reach a
+balanced accuracy of roughly 0.80-0.92 with its errors between neighbouring stages. This script measures
+exactly that, with the demo's own cohort size, split ratios and training budget, for several seeds:
+
+    .venv/bin/python benchmarks/calibrate_cohort.py [--seeds 0 1 2 3 4] [--severity-scale 1.0] [--out out/calib]
+
+It prints, per seed, test balanced accuracy with its subject-bootstrap 95% CI, the share of errors that
+fall between neighbouring stages, and the confusion matrix, and writes calibration.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from audit.commands.demo import DEMO_EPOCHS, DEMO_INPUT, DEMO_RATIOS, DEMO_SLICES, DEMO_SUBJECTS
+from model.evaluate_run import evaluate_model
+from model.manifest import load_dataset, write_manifest
+from model.splits import split_manifest
+from model.synth import synthesize_cohort
+from model.train import TrainConfig, train
+
+
+def neighbour_error_share(confusion: list[list[int]]) -> float | None:
+    """Share of misclassified images whose predicted stage is next to the true one (|i - j| == 1)."""
+    matrix = np.asarray(confusion)
+    off = matrix.sum() - np.trace(matrix)
+    if off == 0:
+        return None
+    near = sum(matrix[i, j] for i in range(len(matrix)) for j in range(len(matrix)) if abs(i - j) == 1)
+    return float(near / off)
+
+
+def run_seed(seed: int, args: argparse.Namespace) -> dict:
+    out = Path(args.out) / f"seed{seed}"
+    data = out / "data"
+    started = time.time()
+    if not (data / "manifest.csv").is_file():
+        synthesize_cohort(data, subjects=args.subjects, slices_per_subject=args.slices, seed=seed,
+                          severity_scale=args.severity_scale, progress=False)
+    split_csv = data / "split_manifest.csv"
+    if not split_csv.is_file():
+        split, _ = split_manifest(load_dataset(data / "manifest.csv"), DEMO_RATIOS, seed=seed)
+        write_manifest(split, split_csv)
+    model = out / "run" / "model.keras"
+    if not model.is_file():
+        train(TrainConfig(data=str(split_csv), out=str(out / "run"), backbone="small", weights=None,
+                          input_size=args.input_size, epochs_phase2=args.epochs, lr_phase2=1e-3, patience=args.epochs,
+                          lr_schedule="cosine", augment_noise=0.05, seed=seed))
+    metrics = evaluate_model(model, split_csv, n_resamples=1000, seed=seed)
+    return {"seed": seed, "balanced_accuracy": round(metrics["balanced_accuracy"], 3),
+            "ci": [round(v, 3) for v in metrics["ci"]["balanced_accuracy"]],
+            "accuracy": round(metrics["accuracy"], 3), "neighbour_error_share": neighbour_error_share(metrics["confusion"]),
+            "confusion": metrics["confusion"], "test_images": metrics["n_images"], "seconds": round(time.time() - started)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--subjects", type=int, default=DEMO_SUBJECTS)
+    parser.add_argument("--slices", type=int, default=DEMO_SLICES)
+    parser.add_argument("--epochs", type=int, default=DEMO_EPOCHS)
+    parser.add_argument("--input-size", type=int, default=DEMO_INPUT)
+    parser.add_argument("--severity-scale", type=float, default=1.0)
+    parser.add_argument("--out", default="out/calib")
+    args = parser.parse_args()
+    rows = []
+    for seed in args.seeds:
+        row = run_seed(seed, args)
+        rows.append(row)
+        share = "-" if row["neighbour_error_share"] is None else f"{row['neighbour_error_share']:.2f}"
+        print(f"seed {seed}: balanced accuracy {row['balanced_accuracy']:.3f} [{row['ci'][0]:.3f}, {row['ci'][1]:.3f}]"
+              f"  accuracy {row['accuracy']:.3f}  neighbour-stage share of errors {share}  ({row['seconds']} s)",
+              flush=True)
+        print("  confusion (rows true, cols predicted):", row["confusion"], flush=True)
+    scores = [r["balanced_accuracy"] for r in rows]
+    print(f"mean balanced accuracy {np.mean(scores):.3f} (min {min(scores):.3f}, max {max(scores):.3f})")
+    path = Path(args.out) / "calibration.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
