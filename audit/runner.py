@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.classes import CLASSES
+from model.classes import CLASSES, REFERENCE_CLASS
 from model.contract import ModelContract, read_contract
 from model.errors import AlzAuditError
 from model.fileio import atomic_path, atomic_write_bytes
@@ -384,6 +384,18 @@ class AuditRun:
     def _sample(self, n: int, salt: int) -> np.ndarray:
         return stratified_indices(self.labels, n, self.config.seed + salt)
 
+    @property
+    def disease_mask(self) -> np.ndarray:
+        """True for images whose stage has visible evidence (every stage but REFERENCE_CLASS)."""
+        return self.labels != CLASSES.index(REFERENCE_CLASS)
+
+    def _sample_disease(self, n: int, salt: int) -> np.ndarray:
+        """Like ``_sample``, over the images of the demented stages only (all images if there are none)."""
+        keep = np.flatnonzero(self.disease_mask)
+        if not len(keep):
+            return self._sample(n, salt)
+        return keep[stratified_indices(self.labels[keep], n, self.config.seed + salt)]
+
     @cached_property
     def ig_indices(self) -> np.ndarray:
         return self._sample(self.config.ig_images, 1)
@@ -443,7 +455,9 @@ class AuditRun:
     def faithfulness(self) -> dict:
         from audit.quality.faithfulness import faithfulness
 
-        idx = self._sample(self.config.faithfulness_images, 3)
+        # Deletion and insertion blur what the map ranks first; for the reference stage that *adds*
+        # evidence (a blurred brain looks less atrophic), so only the demented stages are measured.
+        idx = self._sample_disease(self.config.faithfulness_images, 3)
         result = self._timed("faithfulness", lambda: faithfulness(
             self.logit_fn, self.inputs[idx], self._gradcam_for(idx), self.model_targets[idx],
             steps=self.config.faithfulness_steps, seed=self.config.seed,
@@ -511,7 +525,10 @@ class AuditRun:
         brain_area = (brain if brain is not None else controls["brain_uniform"] > 0).reshape(len(idx), pixels).sum(axis=1)
         mask_area = (masks > 0.5).reshape(len(idx), pixels).sum(axis=1)
         correct = self.predicted[idx] == self.labels[idx]
-        nontrivial = (mask_area >= self.config.min_mask_share * np.maximum(brain_area, 1)) & (mask_area > 0)
+        # The reference stage's evidence is the absence of atrophy: its masks mark natural-range changes
+        # that are not why a slice is NonDemented, so its slices are not asked to point at them.
+        nontrivial = ((mask_area >= self.config.min_mask_share * np.maximum(brain_area, 1)) & (mask_area > 0)
+                      & self.disease_mask[idx])
         chosen = np.flatnonzero(correct & nontrivial)
         fallback = None
         if len({self.subjects[i] for i in idx[chosen]}) < 2 or len(chosen) < 10:
@@ -526,6 +543,8 @@ class AuditRun:
         result["n_excluded_empty_mask"] = int((mask_area == 0).sum())
         result["selection"] = {"n_explained": int(len(idx)), "n_correct": int(correct.sum()),
                                "n_nontrivial_mask": int(nontrivial.sum()), "n_evaluated": int(len(chosen)),
+                               "n_reference_excluded": int((~self.disease_mask[idx]).sum()),
+                               "reference_class": REFERENCE_CLASS,
                                "min_mask_share": self.config.min_mask_share, "fallback": fallback}
         control_results = {}
         for name, cmaps in controls.items():
@@ -907,6 +926,19 @@ def _layer_summary(model) -> str:
     return "\n".join(rows)
 
 
+def split_grouping(manifest: Manifest) -> dict:
+    """How the split keeps subjects apart: subjects per split and those found in more than one split."""
+    from model.splits import subject_overlap
+
+    per_split: dict[str, set] = {}
+    for s in manifest.samples:
+        if s.subject_id and s.split:
+            per_split.setdefault(s.split, set()).add(s.subject_id)
+    shared = {pair: len(ids) for pair, ids in subject_overlap(manifest).items()}
+    return {"subjects_known": manifest.subjects_known, "subjects_per_split": {k: len(v) for k, v in per_split.items()},
+            "shared_subjects": shared, "subject_level": bool(per_split) and not shared}
+
+
 def data_section(run: AuditRun) -> dict:
     from model.summary import summary_dict
 
@@ -923,6 +955,7 @@ def data_section(run: AuditRun) -> dict:
             "split_source": run.split_source.to_dict(),
             "train_overlap": None if overlap is None else {k: overlap[k] for k in ("count", "n_evaluated",
                                                                                  "n_training", "run_manifest")},
+            "split_grouping": split_grouping(manifest),
             "manifest_sha256": manifest.content_hash(), "layout": manifest.layout, "split": run.config.split,
             "counts": info["counts"], "subjects": info["subjects"], "subjects_known": info["subjects_known"],
             "synthetic": any(s.extra.get("synthetic") in ("1", 1, True) for s in manifest.samples[:50]),

@@ -4,6 +4,10 @@ from __future__ import annotations
 import re
 
 CLASSES: tuple[str, ...] = ("NonDemented", "VeryMildDemented", "MildDemented", "ModerateDemented")
+# The stage whose evidence is the *absence* of atrophy. No mask can mark it, and blurring a region (the
+# "removed" state of deletion/insertion curves) makes a brain look healthier, i.e. adds evidence for it:
+# the explanation checks that ask a map to point at the evidence or to remove it skip its images.
+REFERENCE_CLASS = "NonDemented"
 
 # Keyed by a normalised name (lower case, letters only). Covers the Kaggle augmented/original dataset,
 # its "4 class of Images" upstream (file prefixes nonDem/verymildDem/mildDem/moderateDem) and the

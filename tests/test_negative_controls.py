@@ -109,3 +109,22 @@ def test_a_weight_insensitive_explainer_fails_randomization(pytester, cohort, pr
     check = {c["id"]: c for c in document["checks"]}["explanations.randomization_max_similarity"]
     assert check["status"] == "FAIL" and check["value"] > 0.99
     assert document["figures"]["randomization"]["control_gate_similarity"]["edge"]["spearman"] > 0.99
+
+
+def test_nondemented_slices_are_not_asked_to_point_at_or_remove_evidence(cohort, probes, tmp_path):
+    """The reference stage's evidence is the absence of atrophy: localisation and faithfulness skip it."""
+    import numpy as np
+
+    from audit.runner import AuditConfig, AuditRun
+    from model.classes import CLASSES, REFERENCE_CLASS
+
+    run = AuditRun(probes["untrained"], cohort, tmp_path / "run",
+                   AuditConfig(faithfulness_images=16, faithfulness_steps=4, gradcam_images=0, batch_size=32))
+    reference = CLASSES.index(REFERENCE_CLASS)
+    assert (run.labels == reference).any()  # the split has NonDemented slices to leave out
+    faithful = run.faithfulness["indices"]
+    assert len(faithful) == 16 and not (run.labels[faithful] == reference).any()
+    assert len(set(run.labels[faithful])) == 3  # still stratified over the three demented stages
+    loc = run.localization
+    assert not (run.labels[loc["indices"]] == reference).any()
+    assert loc["selection"]["n_reference_excluded"] == int((run.labels[run.gradcam_indices] == reference).sum()) > 0
