@@ -12,7 +12,7 @@ from typing import Any
 from model.errors import AlzAuditError
 
 SCHEMA_PATH = Path(__file__).with_name("schema") / "audit.schema.json"
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
 
 
 @functools.lru_cache(maxsize=1)

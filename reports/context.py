@@ -6,8 +6,10 @@ complete dict or None.
 """
 from __future__ import annotations
 
+import json
 import math
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Callable
 
 from reports import figures
@@ -172,7 +174,73 @@ def _data(audit: dict[str, Any], assets: AssetReader) -> dict[str, Any]:
     return {"rows": rows, "splits": splits, "counts": table, "totals": totals, "split": d.get("split", "test"),
             "skipped": skipped[:20], "skipped_more": max(0, len(skipped) - 20), "warnings": d.get("warnings") or [],
             "not_estimable": sorted(not_estimable - set(absent)), "absent": absent,
-            "leakage": _leakage(audit, assets)}
+            "leakage": _leakage(audit, assets), "split_story": split_story(audit)}
+
+
+HONEST_EVALUATION = Path(__file__).resolve().parent / "reference" / "honest_evaluation.json"
+
+
+def _reference_experiment() -> dict[str, Any] | None:
+    """The recorded slice- vs subject-split experiment (benchmarks/honest_evaluation.py --record)."""
+    try:
+        record = json.loads(HONEST_EVALUATION.read_text(encoding="utf-8"))
+        rows = {(r["labels"], r["split"]): r for r in record["rows"]}
+        return {"record": record, "leaky": rows[("true", "slice")], "honest": rows[("true", "subject")],
+                "random_leaky": rows.get(("random", "slice")), "random_honest": rows.get(("random", "subject"))}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _score_text(score: dict[str, Any] | None) -> str:
+    if not score or score.get("balanced_accuracy") is None:
+        return "n/a"
+    ci = score.get("ci")
+    return fmt(score["balanced_accuracy"]) + (f" [{fmt(ci[0])}, {fmt(ci[1])}]" if ci else "")
+
+
+def split_story(audit: dict[str, Any]) -> dict[str, Any]:
+    """"How this split was made and what a leaky split would have scored", for the data section.
+
+    The first half comes from this audit (where the split came from, subjects per split, subjects shared);
+    the second from the recorded reference experiment, never from re-training in the audit.
+    """
+    d = audit.get("data") or {}
+    grouping = d.get("split_grouping") or {}
+    source = (d.get("split_source") or {}).get("description") or "not recorded"
+    per_split = grouping.get("subjects_per_split") or {}
+    shared = {k: v for k, v in (grouping.get("shared_subjects") or {}).items() if v}
+    if not grouping or not grouping.get("subjects_known", d.get("subjects_known")):
+        how = ("Subject IDs are unknown, so the split cannot keep each subject's slices together: slices of one "
+               "brain may sit in training and in this test split, and the scores below may be inflated.")
+        kind = "unknown"
+    elif shared:
+        how = ("Slice-level (leaky): subjects appear in more than one split ("
+               + ", ".join(f"{pair}: {n}" for pair, n in shared.items()) + " subjects).")
+        kind = "leaky"
+    else:
+        how = ("Subject-level: every subject's slices are in one split only ("
+               + ", ".join(f"{fmt(n)} {name}" for name, n in per_split.items()) + " subjects; none shared).")
+        kind = "subject"
+    ref = _reference_experiment()
+    reference = None
+    if ref is not None:
+        record, leaky, honest = ref["record"], ref["leaky"], ref["honest"]
+        recipe = record.get("recipe") or {}
+        cohort = record.get("cohort") or {}
+        reference = {
+            "synthetic": bool(d.get("synthetic")),
+            "leaky": _score_text(leaky.get("reported")), "honest": _score_text(honest.get("reported")),
+            "leaky_new": _score_text(leaky.get("new_subjects")), "honest_new": _score_text(honest.get("new_subjects")),
+            "inflation": (f"{record['inflation_points']:+.1f}" if isinstance(record.get("inflation_points"), (int, float))
+                          else "n/a"),
+            "random_leaky": _score_text((ref["random_leaky"] or {}).get("reported")),
+            "random_honest": _score_text((ref["random_honest"] or {}).get("reported")),
+            "new_subjects": fmt(cohort.get("new_subjects")),
+            "setup": (f"{fmt(cohort.get('subjects'))} subjects x {fmt(cohort.get('slices_per_subject'))} slices, "
+                      f"small backbone at {fmt(recipe.get('input_size'))} px, {fmt(recipe.get('epochs'))} epochs"),
+            "source": f"{record.get('experiment', '?')}, recorded {record.get('date', '?')}",
+        }
+    return {"source": source, "how": how, "kind": kind, "reference": reference}
 
 
 def _leakage(audit: dict[str, Any], assets: AssetReader) -> dict[str, Any] | None:

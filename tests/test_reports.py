@@ -346,3 +346,76 @@ def test_report_of_a_one_subject_split_has_no_interval(tmp_path):
     assert ("Confidence intervals: not estimable (1 subject in the evaluated split; a bootstrap interval needs "
             "at least 2).") in html
     assert "ROC curves not drawn: NonDemented: not estimable (every image of the evaluated split is NonDemented" in html
+
+
+# ---- how the split was made -----------------------------------------------------------------------------------
+
+def _reference(tmp_path, monkeypatch, leaky=0.97, honest=0.82):
+    """A recorded honest-evaluation experiment with known figures, in place of the packaged one."""
+    from reports import context
+
+    def row(labels, split, value, ci, new=None):
+        out = {"labels": labels, "split": split, "reported": {"balanced_accuracy": value, "ci": ci}}
+        return out if new is None else {**out, "new_subjects": {"balanced_accuracy": new, "ci": [new - 0.05, new + 0.05]}}
+
+    record = {"experiment": "benchmarks/honest_evaluation.py", "date": "2026-12-02", "inflation_points": 15.0,
+              "recipe": {"input_size": 128, "epochs": 15},
+              "cohort": {"subjects": 100, "slices_per_subject": 8, "new_subjects": 60},
+              "rows": [row("true", "slice", leaky, [0.95, 0.99], 0.8), row("true", "subject", honest, [0.70, 0.93], 0.82),
+                       row("random", "slice", 0.61, [0.55, 0.66]), row("random", "subject", 0.24, [0.1, 0.4])]}
+    path = tmp_path / "honest_evaluation.json"
+    path.write_text(json.dumps(record))
+    monkeypatch.setattr(context, "HONEST_EVALUATION", path)
+
+
+def test_report_says_how_a_subject_level_split_was_made_and_what_a_leaky_one_scored(tmp_path, monkeypatch):
+    _reference(tmp_path, monkeypatch)
+    audit = make_audit(tmp_path)
+    audit["data"]["split_source"] = {"kind": "run", "description": "the model's own run split (run/split_manifest.csv)",
+                                     "run_manifest": "run/split_manifest.csv", "warnings": []}
+    html = render_report(write_audit(tmp_path, audit), pdf=False)["html"].read_text(encoding="utf-8")
+    assert "Source: the model&#39;s own run split (run/split_manifest.csv)." in html
+    assert "Subject-level: every subject&#39;s slices are in one split only (60 train, 20 val, 20 test subjects" in html
+    text = " ".join(html.split())
+    assert "reported a balanced accuracy of 0.970 [0.950, 0.990]; on 60 subjects it had never seen it scored " \
+           "0.800 [0.750, 0.850]" in text
+    assert "it scored 0.820 [0.770, 0.870] on those new subjects (0.820 [0.700, 0.930] on its own test split): " \
+           "+15.0 points of inflation" in text
+    assert "still reported 0.610 [0.550, 0.660]" in text and "on this synthetic cohort" in text
+
+
+def test_report_warns_about_a_split_that_shares_subjects_or_has_no_ids(tmp_path, monkeypatch):
+    _reference(tmp_path, monkeypatch)
+    audit = make_audit(tmp_path)
+    audit["data"]["synthetic"] = False
+    audit["data"]["split_grouping"] = {"subjects_known": True, "subjects_per_split": {"train": 90, "test": 85},
+                                       "shared_subjects": {"train-test": 80}, "subject_level": False}
+    html = render_report(write_audit(tmp_path, audit), pdf=False)["html"].read_text(encoding="utf-8")
+    assert 'class="warn-note">Source: not recorded. Slice-level (leaky): subjects appear in more than one split ' \
+           "(train-test: 80 subjects)." in html
+    assert "on the synthetic reference cohort (not this dataset)" in " ".join(html.split())
+    audit["data"]["split_grouping"] = {"subjects_known": False, "subjects_per_split": {}, "shared_subjects": {},
+                                       "subject_level": False}
+    html = render_report(write_audit(tmp_path, audit), pdf=False)["html"].read_text(encoding="utf-8")
+    assert "Subject IDs are unknown, so the split cannot keep each subject&#39;s slices together" in html
+
+
+def test_report_without_a_recorded_experiment_still_says_how_the_split_was_made(tmp_path, monkeypatch):
+    from reports import context
+
+    monkeypatch.setattr(context, "HONEST_EVALUATION", tmp_path / "missing.json")
+    html = render_report(write_audit(tmp_path, make_audit(tmp_path)), pdf=False)["html"].read_text("utf-8")
+    assert "Subject-level: every subject" in html and "What a leaky split would have scored" not in html
+
+
+def test_recorded_honest_evaluation_shows_the_inflation_on_true_labels():
+    """The packaged record the report quotes: >= 8 points, CIs apart, random labels above chance on slices."""
+    from reports.context import _reference_experiment
+
+    ref = _reference_experiment()
+    assert ref is not None, "reports/reference/honest_evaluation.json is missing or malformed"
+    leaky, honest = ref["leaky"]["reported"], ref["honest"]["new_subjects"]
+    assert leaky["balanced_accuracy"] - honest["balanced_accuracy"] >= 0.08
+    assert leaky["ci"][0] > honest["ci"][1]
+    # Random stages: the leaky split reports more than the subject-level one, which sits near chance.
+    assert ref["random_leaky"]["reported"]["balanced_accuracy"] > ref["random_honest"]["reported"]["balanced_accuracy"]
