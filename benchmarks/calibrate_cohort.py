@@ -45,7 +45,7 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict:
                           severity_scale=args.severity_scale, progress=False)
     split_csv = data / "split_manifest.csv"
     if not split_csv.is_file():
-        split, _ = split_manifest(load_dataset(data / "manifest.csv"), DEMO_RATIOS, seed=seed)
+        split, _ = split_manifest(load_dataset(data / "manifest.csv"), tuple(args.ratios), seed=seed)
         write_manifest(split, split_csv)
     model = out / "run" / "model.keras"
     if not model.is_file():
@@ -67,6 +67,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=DEMO_EPOCHS)
     parser.add_argument("--input-size", type=int, default=DEMO_INPUT)
     parser.add_argument("--severity-scale", type=float, default=1.0)
+    parser.add_argument("--ratios", type=float, nargs=3, default=list(DEMO_RATIOS), help="train, val, test")
     parser.add_argument("--out", default="out/calib")
     args = parser.parse_args()
     rows = []
