@@ -3,13 +3,16 @@
 F is the target class's pre-softmax logit by default, the score Grad-CAM differentiates too, so the two
 maps explain the same quantity (and a saturated softmax cannot flatten the gradients to ~0).
 
-The path integral from a baseline x' to the image x is a trapezoidal sum over ``m`` equal intervals
-(``m + 1`` gradient evaluations per image). Trapezoid nodes are nested: the nodes for ``m`` intervals are
-every other node for ``2m``, so refining an image from ``m`` to ``2m`` costs only the ``m`` new midpoints
-and every gradient already computed is reused (Gauss–Legendre nodes are more accurate at a fixed count
-but share no nodes between counts). With a ``tolerance`` each image starts at ``min_steps`` intervals
-and doubles until its completeness error (|Σ attributions − (F(x) − F(x'))| / |F(x) − F(x')|) is at most
-the tolerance, or ``max_steps`` is reached: gradients are spent only on the images that need them.
+The path integral from a baseline x' to the image x is a quadrature over ``m`` intervals (``m + 1``
+gradient evaluations per image) with one of two nested node sets (``scheme``): the trapezoid's equal
+intervals, or Clenshaw–Curtis's Chebyshev extrema, which crowd towards both ends of the path and
+integrate polynomials of degree <= m exactly. Both are nested: the nodes for ``m`` intervals are every
+other node for ``2m``, so refining an image from ``m`` to ``2m`` costs only the ``m`` new nodes and every
+gradient already computed is reused (Gauss–Legendre nodes are as accurate as Clenshaw–Curtis at a fixed
+count but share no nodes between counts). With a ``tolerance`` each image starts at ``min_steps``
+intervals and doubles until its completeness error (|Σ attributions − (F(x) − F(x'))| / |F(x) − F(x')|)
+is at most the tolerance, or ``max_steps`` is reached: gradients are spent only on the images that need
+them.
 
 All (image, alpha) rows of a round — from every image still refining — are laid out together and pushed
 through one compiled gradient function ``batch_size`` rows at a time, so a batch can span several
@@ -55,6 +58,7 @@ class IGResult:
         not-estimable image is never "converged": nothing shows its integral is accurate.
     gradient_evaluations: total (image, alpha) gradient rows computed, over all images.
     tolerance: the tolerance asked for, or None (fixed steps).
+    scheme: the quadrature's nodes and weights (a key of ``SCHEMES``).
     """
 
     attributions: np.ndarray
@@ -69,18 +73,25 @@ class IGResult:
     converged: np.ndarray
     gradient_evaluations: int
     tolerance: float | None = None
+    scheme: str = "trapezoid"
 
 
 def integrated_gradients(model, images, targets=None, *, baseline="black", steps: int = 64,
                          batch_size: int = 32, output: str = "logit", tolerance: float | None = None,
-                         min_steps: int = 16, max_steps: int | None = None, strategy=None) -> IGResult:
+                         min_steps: int = 16, max_steps: int | None = None, scheme: str = "trapezoid",
+                         strategy=None) -> IGResult:
     """Integrated Gradients of F = the target class's logit (default) or its softmax probability.
 
     ``baseline``: ``"black"`` (all-zero intensities), ``"blur"`` (each image Gaussian-blurred with sigma =
     max(H, W) / 16, a baseline that keeps the mean brightness) or an array broadcastable to the images.
-    ``steps``: trapezoidal intervals when ``tolerance`` is None; ``batch_size``: rows (image x alpha
-    pairs) per compiled call. ``output="logit"`` differentiates the pre-softmax score, as Grad-CAM does;
-    ``"probability"`` the model's own output (the softmax probability for a softmax head).
+    ``steps``: intervals of the quadrature (``steps + 1`` nodes) when ``tolerance`` is None;
+    ``batch_size``: rows (image x alpha pairs) per compiled call. ``output="logit"`` differentiates the
+    pre-softmax score, as Grad-CAM does; ``"probability"`` the model's own output (the softmax
+    probability for a softmax head).
+
+    ``scheme``: the nodes and weights on [0, 1] (see ``SCHEMES``): ``"trapezoid"`` (equal intervals) or
+    ``"clenshaw-curtis"`` (Chebyshev extrema, denser at both ends of the path). Both are nested under
+    doubling ``steps``.
 
     ``tolerance`` (relative completeness error, e.g. ``DEFAULT_TOLERANCE``) makes the step count adaptive
     per image: ``min_steps`` intervals first, then doubling (reusing every gradient) while the image's
@@ -96,6 +107,7 @@ def integrated_gradients(model, images, targets=None, *, baseline="black", steps
         raise AlzAuditError(f"--output: unknown IG output '{output}' (choose {', '.join(OUTPUTS)})")
     if batch_size < 1:
         raise AlzAuditError(f"--batch-size: must be at least 1, got {batch_size}")
+    rule = quadrature_rule(scheme)
     levels = step_levels(steps, tolerance, min_steps, max_steps)
     tolerance = None if tolerance is None else float(tolerance)
     images = check_images(model, images)
@@ -112,61 +124,113 @@ def integrated_gradients(model, images, targets=None, *, baseline="black", steps
         batch_size = global_batch(batch_size, strategy)
     n = len(images)
     path = images.astype(np.float64) - baselines
-    # Per image: 0.5 * (g(0) + g(1)) + the sum of every interior gradient so far. With m intervals the
-    # trapezoid's mean gradient is acc / m; refining to 2m only adds the new midpoints to it.
-    acc = np.zeros(images.shape, np.float64)
+    # acc[l, i] = sum over the nodes of levels[l] computed so far for image i of weight * gradient, with
+    # the weights of levels[l]. A node of level m is a node of every later level (index j at m is 2j at
+    # 2m), so each gradient is computed once and added to every level's sum it belongs to; an image that
+    # stops at level l reads acc[l]. The weights change between levels (Clenshaw–Curtis), hence one sum
+    # per level rather than one rescaled sum.
+    rules = [rule(m) for m in levels]
+    acc = np.zeros((len(levels),) + images.shape, np.float64)
 
-    def run(image_ids: np.ndarray, alphas: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        """Evaluate gradients at every (image, alpha) and add weight * gradient into ``acc``; F per row."""
-        image_of = np.repeat(image_ids, len(alphas))
+    def run(image_ids: np.ndarray, level: int, js: np.ndarray) -> np.ndarray:
+        """Gradients at nodes ``js`` of ``levels[level]`` for every image in ``image_ids``, added into
+        ``acc[level:]`` with each later level's weight for that node; F per (image, node)."""
+        alphas = rules[level][0][js]
+        weights = np.stack([rules[l][1][js * (levels[l] // levels[level])] for l in range(level, len(levels))])
+        image_of = np.repeat(image_ids, len(js))
+        weight_of = np.tile(weights, (1, len(image_ids)))
         alpha_of = np.tile(alphas, len(image_ids))
-        weight_of = np.tile(weights, len(image_ids))
         values = np.empty(len(image_of), np.float64)
         for rows in _balanced_batches(len(image_of), batch_size):
             ids = image_of[rows]
             grads, scores = gradient(images[ids], baselines[ids], alpha_of[rows].astype(np.float32), wanted[ids])
-            weighted = grads.numpy().astype(np.float64) * weight_of[rows][:, None, None, None]
+            grads = grads.numpy().astype(np.float64)
             firsts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
-            acc[ids[firsts]] += np.add.reduceat(weighted, firsts, axis=0)
+            for k, row_weights in enumerate(weight_of):
+                weighted = grads * row_weights[rows][:, None, None, None]
+                acc[level + k, ids[firsts]] += np.add.reduceat(weighted, firsts, axis=0)
             values[rows] = scores.numpy()
-        return values.reshape(len(image_ids), len(alphas))
+        return values.reshape(len(image_ids), len(js))
 
     everyone = np.arange(n)
-    first = levels[0]
-    ends = np.ones(first + 1)
-    ends[[0, -1]] = 0.5
-    scores = run(everyone, np.arange(first + 1) / first, ends)
-    evaluations = n * (first + 1)
+    scores = run(everyone, 0, np.arange(levels[0] + 1))
+    evaluations = n * (levels[0] + 1)
     f_baseline, f_image = scores[:, 0], scores[:, -1]
     delta = f_image - f_baseline
     scale = np.maximum(1.0, np.maximum(np.abs(f_image), np.abs(f_baseline)))
     estimable = np.abs(delta) >= NOT_ESTIMABLE_RTOL * scale
-    steps_used = np.full(n, first, np.int64)
+    level_of = np.zeros(n, np.int64)
     error = np.full(n, np.nan)
 
     def measure(ids: np.ndarray) -> None:
-        total = (path[ids] * acc[ids]).reshape(len(ids), -1).sum(axis=1) / steps_used[ids]
+        total = (path[ids] * acc[level_of[ids], ids]).reshape(len(ids), -1).sum(axis=1)
         error[ids] = np.abs(total - delta[ids]) / np.where(estimable[ids], np.abs(delta[ids]), 1.0)
 
     measure(everyone)
     error[~estimable] = np.nan
     active = everyone[estimable] if tolerance is not None else everyone[:0]
-    for m in levels[1:]:
+    for level in range(1, len(levels)):
         active = active[error[active] > tolerance]
         if not len(active):
             break
-        half = m // 2  # the new nodes are the midpoints of the previous level's intervals
-        run(active, (2 * np.arange(half) + 1) / m, np.ones(half))
-        evaluations += len(active) * half
-        steps_used[active] = m
+        new = np.arange(1, levels[level], 2)  # odd indices: the nodes the previous level lacks
+        run(active, level, new)
+        evaluations += len(active) * len(new)
+        level_of[active] = level
         measure(active)
 
-    attributions = path * acc / steps_used[:, None, None, None]
+    attributions = path * acc[level_of, everyone]
+    steps_used = np.asarray(levels, np.int64)[level_of]
     converged = estimable & (error <= tolerance) if tolerance is not None else estimable.copy()
     heatmaps = normalise_maps(np.abs(attributions.sum(axis=-1)))
     return IGResult(attributions.astype(np.float32), heatmaps, delta, error, wanted.astype(np.int64), output,
                     int(levels[-1]), estimable, steps_used, converged, int(evaluations),
-                    tolerance)
+                    tolerance, scheme)
+
+
+def trapezoid_rule(m: int) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes j / m (j = 0..m) and trapezoid weights (1/2, 1, ..., 1, 1/2) / m on [0, 1]."""
+    alphas = np.arange(m + 1) / m
+    weights = np.full(m + 1, 1.0 / m)
+    weights[[0, -1]] = 0.5 / m
+    return alphas, weights
+
+
+def clenshaw_curtis_rule(m: int) -> tuple[np.ndarray, np.ndarray]:
+    """Clenshaw–Curtis on [0, 1]: nodes sin^2(pi j / (2m)) = (1 - cos(pi j / m)) / 2, j = 0..m, and the
+    weights that integrate every polynomial of degree <= m exactly (Trefethen, Spectral Methods in
+    MATLAB, clencurt; Waldvogel 2006), halved for [0, 1]. All weights are positive and sum to 1.
+
+    Node j of m is node 2j of 2m, bit for bit: pi * j / (2m) and pi * 2j / (4m) round alike (scaling by
+    two is exact), so refining reuses every gradient.
+    """
+    j = np.arange(m + 1)
+    alphas = np.sin(np.pi * j / (2 * m)) ** 2
+    alphas[[0, -1]] = 0.0, 1.0
+    theta = np.pi * j[1:-1] / m
+    weights = np.empty(m + 1)
+    v = np.ones(m - 1)
+    if m % 2 == 0:
+        weights[[0, -1]] = 1.0 / (m * m - 1)
+        for k in range(1, m // 2):
+            v -= 2.0 * np.cos(2 * k * theta) / (4 * k * k - 1)
+        v -= np.cos(m * theta) / (m * m - 1)
+    else:
+        weights[[0, -1]] = 1.0 / (m * m)
+        for k in range(1, (m - 1) // 2 + 1):
+            v -= 2.0 * np.cos(2 * k * theta) / (4 * k * k - 1)
+    weights[1:-1] = 2.0 * v / m
+    return alphas, weights / 2
+
+
+SCHEMES = {"trapezoid": trapezoid_rule, "clenshaw-curtis": clenshaw_curtis_rule}
+
+
+def quadrature_rule(scheme: str):
+    """The ``m -> (nodes, weights)`` function of a scheme name; one clear error for an unknown name."""
+    if scheme not in SCHEMES:
+        raise AlzAuditError(f"scheme: unknown IG quadrature scheme {scheme!r} (choose {', '.join(SCHEMES)})")
+    return SCHEMES[scheme]
 
 
 def step_levels(steps: int, tolerance: float | None, min_steps: int, max_steps: int | None) -> list[int]:

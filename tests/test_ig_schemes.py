@@ -1,0 +1,163 @@
+"""IG quadrature schemes: Clenshaw–Curtis weights against independent references, nesting (every gradient
+computed once), adaptive = fixed at the steps used, non-convergence flagged, and bad names refused.
+
+Models are tiny (a 4x4 tanh net whose IG integrand is known in closed form); nothing touches the network.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import keras
+
+from audit.explain import integrated_gradients
+from audit.explain import ig as ig_module
+from audit.explain.ig import SCHEMES, clenshaw_curtis_rule, trapezoid_rule
+from model.errors import AlzAuditError
+
+
+@pytest.fixture(scope="module")
+def tanh_model():
+    """logit_0 = tanh(mean(x)) = -logit_1: along the black-baseline path to a constant image of value U
+    every pixel's gradient is sech^2(U alpha) / 16, sharper (harder to integrate) near alpha = 0 as U grows."""
+    hidden = keras.layers.Dense(1, activation="tanh", name="hidden")
+    head = keras.layers.Dense(2, activation="softmax", name="predictions")
+    model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(), hidden, head], name="tanh")
+    hidden.set_weights([np.full((16, 1), 1 / 16, np.float32), np.zeros(1, np.float32)])
+    head.set_weights([np.array([[1.0, -1.0]], np.float32), np.zeros(2, np.float32)])
+    return model
+
+
+def constant_images(values) -> np.ndarray:
+    return np.broadcast_to(np.asarray(values, np.float32)[:, None, None, None], (len(values), 4, 4, 1)).copy()
+
+
+def moment_weights(nodes: np.ndarray) -> np.ndarray:
+    """Interpolatory weights on [0, 1] for these nodes, from the moments of Legendre polynomials (an
+    independent route: a linear solve, no cosine series): sum_j w_j P_k(2 a_j - 1) = [k == 0]."""
+    vander = np.polynomial.legendre.legvander(2 * nodes - 1, len(nodes) - 1).T
+    moments = np.zeros(len(nodes))
+    moments[0] = 1.0
+    return np.linalg.solve(vander, moments)
+
+
+# ------------------------------------------------------------------------------------------- the rules
+def test_clenshaw_curtis_known_small_rules():
+    # m = 2 is Simpson's rule; m = 4 is (1, 8, 12, 8, 1) / 15 on [-1, 1] (Davis & Rabinowitz), halved.
+    np.testing.assert_allclose(clenshaw_curtis_rule(2)[1], [1 / 6, 2 / 3, 1 / 6], rtol=1e-14)
+    np.testing.assert_allclose(clenshaw_curtis_rule(4)[1], np.array([1, 8, 12, 8, 1]) / 30, rtol=1e-14)
+    np.testing.assert_allclose(clenshaw_curtis_rule(4)[0], [0, (2 - 2 ** 0.5) / 4, 0.5, (2 + 2 ** 0.5) / 4, 1],
+                               atol=1e-15)
+    np.testing.assert_array_equal(clenshaw_curtis_rule(1)[1], [0.5, 0.5])
+
+
+@pytest.mark.parametrize("m", [1, 2, 3, 5, 8, 13, 16, 32])
+def test_clenshaw_curtis_weights_match_the_moment_solution_and_integrate_degree_m_exactly(m):
+    nodes, weights = clenshaw_curtis_rule(m)
+    assert len(nodes) == len(weights) == m + 1 and nodes[0] == 0.0 and nodes[-1] == 1.0
+    assert (np.diff(nodes) > 0).all() and (weights > 0).all()
+    np.testing.assert_allclose(weights, moment_weights(nodes), rtol=1e-11, atol=1e-15)
+    assert weights.sum() == pytest.approx(1.0, abs=1e-14)
+    for degree in range(m + 1):
+        assert weights @ nodes ** degree == pytest.approx(1 / (degree + 1), rel=1e-12), degree
+    if 2 <= m <= 8:  # and no higher (symmetric rules are exact one degree more for even m); the miss
+        beyond = m + 2 if m % 2 == 0 else m + 1  # shrinks fast with m (3.5e-8 at m = 8), so small m only
+        assert abs(weights @ nodes ** beyond - 1 / (beyond + 1)) > 1e-8
+
+
+@pytest.mark.parametrize("scheme", sorted(SCHEMES))
+@pytest.mark.parametrize("m", [1, 3, 8, 16, 64])
+def test_every_scheme_is_nested_bit_for_bit_under_doubling(scheme, m):
+    coarse, fine = SCHEMES[scheme](m)[0], SCHEMES[scheme](2 * m)[0]
+    np.testing.assert_array_equal(fine[::2], coarse)  # exact equality: the adaptive rounds reuse them
+    assert np.intersect1d(fine[1::2], coarse).size == 0
+
+
+def test_trapezoid_rule_is_the_equal_interval_rule():
+    nodes, weights = trapezoid_rule(4)
+    np.testing.assert_array_equal(nodes, [0, 0.25, 0.5, 0.75, 1])
+    np.testing.assert_allclose(weights, [0.125, 0.25, 0.25, 0.25, 0.125])
+
+
+# ------------------------------------------------------------------------------------- the explainer
+def test_fixed_clenshaw_curtis_ig_is_the_quadrature_at_its_nodes(tanh_model):
+    """Attribution per pixel = U / 16 * sum_j w_j sech^2(U a_j), with the reference weights."""
+    values = np.array([4.0, 20.0, 50.0])
+    result = integrated_gradients(tanh_model, constant_images(values), [0, 0, 0], steps=8,
+                                  scheme="clenshaw-curtis", batch_size=5)
+    nodes = (1 - np.cos(np.pi * np.arange(9) / 8)) / 2
+    expected = values / 16 * (moment_weights(nodes) @ (1 / np.cosh(np.outer(nodes, values)) ** 2))
+    np.testing.assert_allclose(result.attributions[..., 0], np.broadcast_to(expected[:, None, None], (3, 4, 4)),
+                               rtol=2e-5)
+    np.testing.assert_allclose(result.delta, np.tanh(values), rtol=1e-5)
+    assert result.scheme == "clenshaw-curtis" and (result.steps_used == 8).all()
+    assert result.gradient_evaluations == 3 * 9
+    trapezoid = integrated_gradients(tanh_model, constant_images(values), [0, 0, 0], steps=8)
+    assert (result.completeness_error < trapezoid.completeness_error).all()  # the steep start is sampled
+
+
+def _counting(monkeypatch):
+    """Record every (image value, alpha) row the compiled gradient function is asked for."""
+    rows: list[tuple[float, float]] = []
+    real = ig_module.ig_function
+
+    def counted(model, output="logit"):
+        step = real(model, output)
+
+        def run(images, baselines, alphas, targets):
+            rows.extend(zip(images[:, 0, 0, 0].tolist(), alphas.tolist()))
+            return step(images, baselines, alphas, targets)
+
+        return run
+
+    monkeypatch.setattr(ig_module, "ig_function", counted)
+    return rows
+
+
+def test_adaptive_clenshaw_curtis_computes_each_node_once_and_equals_fixed_ig_at_the_steps_used(
+        tanh_model, monkeypatch):
+    # Clenshaw–Curtis relative errors of the integral of U sech^2(U alpha) at 8/16/32 intervals:
+    # U=4: 1.4e-5; U=20: 5e-2, 1.6e-5; U=50: 0.29, 9e-3, 1.6e-6; U=200: 0.59, 0.30, 9.1e-3.
+    images = constant_images([4.0, 20.0, 50.0, 200.0])
+    rows = _counting(monkeypatch)
+    result = integrated_gradients(tanh_model, images, [0, 0, 0, 0], tolerance=1e-3, min_steps=8, max_steps=32,
+                                  scheme="clenshaw-curtis", batch_size=7)
+    np.testing.assert_array_equal(result.steps_used, [8, 16, 32, 32])
+    np.testing.assert_array_equal(result.converged, [True, True, True, False])  # U=200 stops short at the cap
+    assert result.completeness_error[3] > 1e-3 and (result.completeness_error[:3] <= 1e-3).all()
+    assert result.steps == 32 and result.scheme == "clenshaw-curtis"
+    # Every row computed was a distinct (image, node), and their count is gradient_evaluations.
+    assert len(rows) == len(set(rows)) == result.gradient_evaluations == (result.steps_used + 1).sum()
+    for i, used in enumerate(result.steps_used):
+        nodes = np.float32(clenshaw_curtis_rule(int(used))[0])
+        assert sorted(a for v, a in rows if v == images[i, 0, 0, 0]) == sorted(nodes.tolist())
+    monkeypatch.undo()
+    for i, used in enumerate(result.steps_used):
+        fixed = integrated_gradients(tanh_model, images[i:i + 1], [0], steps=int(used), scheme="clenshaw-curtis")
+        np.testing.assert_allclose(result.attributions[i], fixed.attributions[0], rtol=1e-6)
+        np.testing.assert_allclose(result.completeness_error[i], fixed.completeness_error[0], rtol=1e-5)
+        np.testing.assert_allclose(result.heatmaps[i], fixed.heatmaps[0], atol=1e-6)
+
+
+def test_adaptive_trapezoid_from_8_still_equals_fixed_trapezoid(tanh_model):
+    images = constant_images([4.0, 50.0])
+    result = integrated_gradients(tanh_model, images, [0, 0], tolerance=1e-3, min_steps=8, max_steps=64)
+    np.testing.assert_array_equal(result.steps_used, [8, 64])
+    assert result.gradient_evaluations == 9 + 65 and result.converged.all()
+    for i, used in enumerate(result.steps_used):
+        fixed = integrated_gradients(tanh_model, images[i:i + 1], [0], steps=int(used))
+        np.testing.assert_allclose(result.attributions[i], fixed.attributions[0], rtol=1e-6)
+
+
+def test_a_tolerance_out_of_reach_is_flagged_not_converged(tanh_model):
+    result = integrated_gradients(tanh_model, constant_images([200.0, 200.0]), tolerance=1e-3, min_steps=8,
+                                  max_steps=16, scheme="clenshaw-curtis")
+    assert (result.steps_used == 16).all() and not result.converged.any() and result.estimable.all()
+    assert (result.completeness_error > 1e-3).all() and result.gradient_evaluations == 2 * 17
+
+
+@pytest.mark.parametrize("scheme", ["simpson", "Clenshaw-Curtis", "", None])
+def test_an_unknown_scheme_is_a_one_line_error(tanh_model, scheme):
+    with pytest.raises(AlzAuditError, match="unknown IG quadrature scheme") as info:
+        integrated_gradients(tanh_model, constant_images([4.0]), scheme=scheme)
+    assert "\n" not in str(info.value) and "clenshaw-curtis" in str(info.value)
