@@ -12,7 +12,7 @@ import keras
 
 from audit.explain import integrated_gradients
 from audit.explain import ig as ig_module
-from audit.explain.ig import SCHEMES, clenshaw_curtis_rule, trapezoid_rule
+from audit.explain.ig import SCHEMES, clenshaw_curtis_rule, graded_rule, trapezoid_rule
 from model.errors import AlzAuditError
 
 
@@ -68,32 +68,54 @@ def test_clenshaw_curtis_weights_match_the_moment_solution_and_integrate_degree_
 @pytest.mark.parametrize("scheme", sorted(SCHEMES))
 @pytest.mark.parametrize("m", [1, 3, 8, 16, 64])
 def test_every_scheme_is_nested_bit_for_bit_under_doubling(scheme, m):
-    coarse, fine = SCHEMES[scheme](m)[0], SCHEMES[scheme](2 * m)[0]
+    (coarse, coarse_w), (fine, fine_w) = SCHEMES[scheme].rule(m), SCHEMES[scheme].rule(2 * m)
     np.testing.assert_array_equal(fine[::2], coarse)  # exact equality: the adaptive rounds reuse them
     assert np.intersect1d(fine[1::2], coarse).size == 0
+    assert coarse_w.sum() == pytest.approx(1.0, abs=1e-14) and (coarse_w >= 0).all()
+    # ``shared`` (one running sum for every level) holds only if doubling halves the old nodes' weights.
+    assert np.allclose(fine_w[::2], coarse_w / 2, rtol=1e-13, atol=0) == SCHEMES[scheme].shared or m == 1
 
 
-def test_trapezoid_rule_is_the_equal_interval_rule():
+def test_trapezoid_rule_is_the_equal_interval_rule_and_graded_is_it_after_alpha_equals_t_squared():
     nodes, weights = trapezoid_rule(4)
     np.testing.assert_array_equal(nodes, [0, 0.25, 0.5, 0.75, 1])
     np.testing.assert_allclose(weights, [0.125, 0.25, 0.25, 0.25, 0.125])
+    # int_0^1 s(a) da = int_0^1 s(t^2) 2t dt: the trapezoid in t, weights times d alpha / dt = 2t.
+    graded_nodes, graded_weights = graded_rule(4)
+    np.testing.assert_array_equal(graded_nodes, nodes ** 2)
+    np.testing.assert_allclose(graded_weights, weights * 2 * nodes, rtol=1e-15)
+    # Second order, like the trapezoid: the error for s = a^2 shrinks as 1 / m^2.
+    for m in (4, 8, 16):
+        a, w = graded_rule(m)
+        miss = abs(w @ a ** 2 - 1 / 3)
+        assert 0 < miss < 1.1 / m ** 2 and miss > 0.2 / m ** 2
 
 
 # ------------------------------------------------------------------------------------- the explainer
-def test_fixed_clenshaw_curtis_ig_is_the_quadrature_at_its_nodes(tanh_model):
-    """Attribution per pixel = U / 16 * sum_j w_j sech^2(U a_j), with the reference weights."""
+def _reference_quadrature(scheme: str, values: np.ndarray) -> np.ndarray:
+    """sum_j w_j sech^2(U a_j) over 8 intervals, computed without audit.explain.ig's rules."""
+    if scheme == "clenshaw-curtis":
+        nodes = (1 - np.cos(np.pi * np.arange(9) / 8)) / 2
+        return moment_weights(nodes) @ (1 / np.cosh(np.outer(nodes, values)) ** 2)
+    t = np.linspace(0, 1, 9)[:, None]  # graded: numpy's trapezoid in t of sech^2(U t^2) * 2t
+    return np.trapezoid(2 * t / np.cosh(values * t ** 2) ** 2, t, axis=0)
+
+
+@pytest.mark.parametrize("scheme", ["clenshaw-curtis", "graded"])
+def test_fixed_steps_ig_is_the_quadrature_at_the_schemes_nodes(tanh_model, scheme):
+    """Attribution per pixel = U / 16 * sum_j w_j sech^2(U a_j), with independently computed weights."""
     values = np.array([4.0, 20.0, 50.0])
     result = integrated_gradients(tanh_model, constant_images(values), [0, 0, 0], steps=8,
-                                  scheme="clenshaw-curtis", batch_size=5)
-    nodes = (1 - np.cos(np.pi * np.arange(9) / 8)) / 2
-    expected = values / 16 * (moment_weights(nodes) @ (1 / np.cosh(np.outer(nodes, values)) ** 2))
+                                  scheme=scheme, batch_size=5)
+    expected = values / 16 * _reference_quadrature(scheme, values)
     np.testing.assert_allclose(result.attributions[..., 0], np.broadcast_to(expected[:, None, None], (3, 4, 4)),
                                rtol=2e-5)
     np.testing.assert_allclose(result.delta, np.tanh(values), rtol=1e-5)
-    assert result.scheme == "clenshaw-curtis" and (result.steps_used == 8).all()
+    assert result.scheme == scheme and (result.steps_used == 8).all()
     assert result.gradient_evaluations == 3 * 9
     trapezoid = integrated_gradients(tanh_model, constant_images(values), [0, 0, 0], steps=8)
-    assert (result.completeness_error < trapezoid.completeness_error).all()  # the steep start is sampled
+    # Where the integrand is steep near the baseline (U = 20, 50) both sample it better than equal steps.
+    assert (result.completeness_error[1:] < trapezoid.completeness_error[1:] / 3).all()
 
 
 def _counting(monkeypatch):
@@ -114,26 +136,30 @@ def _counting(monkeypatch):
     return rows
 
 
-def test_adaptive_clenshaw_curtis_computes_each_node_once_and_equals_fixed_ig_at_the_steps_used(
-        tanh_model, monkeypatch):
-    # Clenshaw–Curtis relative errors of the integral of U sech^2(U alpha) at 8/16/32 intervals:
-    # U=4: 1.4e-5; U=20: 5e-2, 1.6e-5; U=50: 0.29, 9e-3, 1.6e-6; U=200: 0.59, 0.30, 9.1e-3.
+# Relative errors of the integral of U sech^2(U alpha) at 8/16/32 intervals, per scheme:
+#   trapezoid:       U=4 5.5e-5; U=20 0.32, 1.2e-2; U=50 2.1, 0.59, 4.6e-2; U=200 12, 5.3, 2.1
+#   graded:          U=4 1.1e-2; U=20 5.4e-2, 1.3e-2; U=50 8.1e-2, 3.2e-2, 8.1e-3; U=200 0.95, 8.1e-2, 3.2e-2
+#   clenshaw-curtis: U=4 1.4e-5; U=20 5.0e-2, 1.6e-5; U=50 0.29, 9.0e-3, 1.6e-6; U=200 0.59, 0.30, 9.1e-3
+# so each tolerance below ends the four images at 8, 16, 32 and (out of reach at the cap) 32 intervals.
+@pytest.mark.parametrize("scheme,tolerance", [("trapezoid", 0.05), ("graded", 0.02), ("clenshaw-curtis", 1e-3)])
+def test_adaptive_ig_computes_each_node_once_and_equals_fixed_ig_at_the_steps_used(tanh_model, monkeypatch,
+                                                                                  scheme, tolerance):
     images = constant_images([4.0, 20.0, 50.0, 200.0])
     rows = _counting(monkeypatch)
-    result = integrated_gradients(tanh_model, images, [0, 0, 0, 0], tolerance=1e-3, min_steps=8, max_steps=32,
-                                  scheme="clenshaw-curtis", batch_size=7)
+    result = integrated_gradients(tanh_model, images, [0, 0, 0, 0], tolerance=tolerance, min_steps=8,
+                                  max_steps=32, scheme=scheme, batch_size=7)
     np.testing.assert_array_equal(result.steps_used, [8, 16, 32, 32])
     np.testing.assert_array_equal(result.converged, [True, True, True, False])  # U=200 stops short at the cap
-    assert result.completeness_error[3] > 1e-3 and (result.completeness_error[:3] <= 1e-3).all()
-    assert result.steps == 32 and result.scheme == "clenshaw-curtis"
+    assert result.completeness_error[3] > tolerance and (result.completeness_error[:3] <= tolerance).all()
+    assert result.steps == 32 and result.scheme == scheme
     # Every row computed was a distinct (image, node), and their count is gradient_evaluations.
     assert len(rows) == len(set(rows)) == result.gradient_evaluations == (result.steps_used + 1).sum()
     for i, used in enumerate(result.steps_used):
-        nodes = np.float32(clenshaw_curtis_rule(int(used))[0])
+        nodes = np.float32(SCHEMES[scheme].rule(int(used))[0])
         assert sorted(a for v, a in rows if v == images[i, 0, 0, 0]) == sorted(nodes.tolist())
     monkeypatch.undo()
     for i, used in enumerate(result.steps_used):
-        fixed = integrated_gradients(tanh_model, images[i:i + 1], [0], steps=int(used), scheme="clenshaw-curtis")
+        fixed = integrated_gradients(tanh_model, images[i:i + 1], [0], steps=int(used), scheme=scheme)
         np.testing.assert_allclose(result.attributions[i], fixed.attributions[0], rtol=1e-6)
         np.testing.assert_allclose(result.completeness_error[i], fixed.completeness_error[0], rtol=1e-5)
         np.testing.assert_allclose(result.heatmaps[i], fixed.heatmaps[0], atol=1e-6)

@@ -4,15 +4,18 @@ F is the target class's pre-softmax logit by default, the score Grad-CAM differe
 maps explain the same quantity (and a saturated softmax cannot flatten the gradients to ~0).
 
 The path integral from a baseline x' to the image x is a quadrature over ``m`` intervals (``m + 1``
-gradient evaluations per image) with one of two nested node sets (``scheme``): the trapezoid's equal
-intervals, or Clenshaw–Curtis's Chebyshev extrema, which crowd towards both ends of the path and
-integrate polynomials of degree <= m exactly. Both are nested: the nodes for ``m`` intervals are every
-other node for ``2m``, so refining an image from ``m`` to ``2m`` costs only the ``m`` new nodes and every
-gradient already computed is reused (Gauss–Legendre nodes are as accurate as Clenshaw–Curtis at a fixed
-count but share no nodes between counts). With a ``tolerance`` each image starts at ``min_steps``
-intervals and doubles until its completeness error (|Σ attributions − (F(x) − F(x'))| / |F(x) − F(x')|)
-is at most the tolerance, or ``max_steps`` is reached: gradients are spent only on the images that need
-them.
+gradient evaluations per image) with one of three nested node sets (``scheme``): the trapezoid's equal
+intervals; ``graded``, the trapezoid in t after substituting alpha = t^2, whose nodes (j / m)^2 crowd
+towards the baseline, where a black-baseline path's integrand changes fastest (units switch on as the
+image brightens from black); or Clenshaw–Curtis's Chebyshev extrema, crowded towards both ends and
+exact for polynomials of degree <= m. All are nested: the nodes for ``m`` intervals are every other
+node for ``2m``, so refining an image from ``m`` to ``2m`` costs only the ``m`` new nodes and every
+gradient already computed is reused (Gauss–Legendre nodes share none between counts). With a
+``tolerance`` each image starts at ``min_steps`` intervals and doubles until its completeness error
+(|Σ attributions − (F(x) − F(x'))| / |F(x) − F(x')|) is at most the tolerance, or ``max_steps`` is
+reached: gradients are spent only on the images that need them. On a trained ReLU network the integrand
+is kinked, so no rule converges faster than second order; what the schemes change is where the nodes
+sit (IG_NOTES.md / docs/metrics.md have the measured costs).
 
 All (image, alpha) rows of a round — from every image still refining — are laid out together and pushed
 through one compiled gradient function ``batch_size`` rows at a time, so a batch can span several
@@ -23,6 +26,7 @@ from __future__ import annotations
 import math
 import weakref
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -89,9 +93,9 @@ def integrated_gradients(model, images, targets=None, *, baseline="black", steps
     pre-softmax score, as Grad-CAM does; ``"probability"`` the model's own output (the softmax
     probability for a softmax head).
 
-    ``scheme``: the nodes and weights on [0, 1] (see ``SCHEMES``): ``"trapezoid"`` (equal intervals) or
-    ``"clenshaw-curtis"`` (Chebyshev extrema, denser at both ends of the path). Both are nested under
-    doubling ``steps``.
+    ``scheme``: the nodes and weights on [0, 1] (see ``SCHEMES``): ``"trapezoid"`` (equal intervals),
+    ``"graded"`` (the trapezoid after alpha = t^2: nodes (j / m)^2, denser near the baseline) or
+    ``"clenshaw-curtis"`` (Chebyshev extrema, denser at both ends). All are nested under doubling.
 
     ``tolerance`` (relative completeness error, e.g. ``DEFAULT_TOLERANCE``) makes the step count adaptive
     per image: ``min_steps`` intervals first, then doubling (reusing every gradient) while the image's
@@ -107,7 +111,7 @@ def integrated_gradients(model, images, targets=None, *, baseline="black", steps
         raise AlzAuditError(f"--output: unknown IG output '{output}' (choose {', '.join(OUTPUTS)})")
     if batch_size < 1:
         raise AlzAuditError(f"--batch-size: must be at least 1, got {batch_size}")
-    rule = quadrature_rule(scheme)
+    quadrature = quadrature_scheme(scheme)
     levels = step_levels(steps, tolerance, min_steps, max_steps)
     tolerance = None if tolerance is None else float(tolerance)
     images = check_images(model, images)
@@ -124,19 +128,23 @@ def integrated_gradients(model, images, targets=None, *, baseline="black", steps
         batch_size = global_batch(batch_size, strategy)
     n = len(images)
     path = images.astype(np.float64) - baselines
-    # acc[l, i] = sum over the nodes of levels[l] computed so far for image i of weight * gradient, with
-    # the weights of levels[l]. A node of level m is a node of every later level (index j at m is 2j at
-    # 2m), so each gradient is computed once and added to every level's sum it belongs to; an image that
-    # stops at level l reads acc[l]. The weights change between levels (Clenshaw–Curtis), hence one sum
-    # per level rather than one rescaled sum.
-    rules = [rule(m) for m in levels]
-    acc = np.zeros((len(levels),) + images.shape, np.float64)
+    # The weighted sum of gradients per image, over the nodes computed so far. A node of level m is a
+    # node of every later level (index j at m is 2j at 2m), so each gradient is computed once and added
+    # to every level's sum it belongs to. Where doubling only halves the old nodes' weights (trapezoid,
+    # graded) one sum of m * weight * gradient serves every level: acc[0] / m is the mean gradient at m.
+    # Otherwise (Clenshaw–Curtis: every weight changes) acc[l] holds level l's own weighted sum.
+    rules = [quadrature.rule(m) for m in levels]
+    acc = np.zeros((1 if quadrature.shared else len(levels),) + images.shape, np.float64)
 
     def run(image_ids: np.ndarray, level: int, js: np.ndarray) -> np.ndarray:
-        """Gradients at nodes ``js`` of ``levels[level]`` for every image in ``image_ids``, added into
-        ``acc[level:]`` with each later level's weight for that node; F per (image, node)."""
+        """Gradients at nodes ``js`` of ``levels[level]`` for every image in ``image_ids``, added into the
+        sums of every level from ``level`` on with that level's weight; F per (image, node)."""
         alphas = rules[level][0][js]
-        weights = np.stack([rules[l][1][js * (levels[l] // levels[level])] for l in range(level, len(levels))])
+        if quadrature.shared:
+            slots, weights = [0], rules[level][1][js][None] * levels[level]
+        else:
+            slots = list(range(level, len(levels)))
+            weights = np.stack([rules[l][1][js * (levels[l] // levels[level])] for l in slots])
         image_of = np.repeat(image_ids, len(js))
         weight_of = np.tile(weights, (1, len(image_ids)))
         alpha_of = np.tile(alphas, len(image_ids))
@@ -146,11 +154,17 @@ def integrated_gradients(model, images, targets=None, *, baseline="black", steps
             grads, scores = gradient(images[ids], baselines[ids], alpha_of[rows].astype(np.float32), wanted[ids])
             grads = grads.numpy().astype(np.float64)
             firsts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
-            for k, row_weights in enumerate(weight_of):
+            for slot, row_weights in zip(slots, weight_of):
                 weighted = grads * row_weights[rows][:, None, None, None]
-                acc[level + k, ids[firsts]] += np.add.reduceat(weighted, firsts, axis=0)
+                acc[slot, ids[firsts]] += np.add.reduceat(weighted, firsts, axis=0)
             values[rows] = scores.numpy()
         return values.reshape(len(image_ids), len(js))
+
+    def mean_gradient(ids: np.ndarray) -> np.ndarray:
+        """Each image's quadrature of the gradient over [0, 1] at the level it has reached."""
+        if quadrature.shared:
+            return acc[0, ids] / np.asarray(levels, np.float64)[level_of[ids]][:, None, None, None]
+        return acc[level_of[ids], ids]
 
     everyone = np.arange(n)
     scores = run(everyone, 0, np.arange(levels[0] + 1))
@@ -163,7 +177,7 @@ def integrated_gradients(model, images, targets=None, *, baseline="black", steps
     error = np.full(n, np.nan)
 
     def measure(ids: np.ndarray) -> None:
-        total = (path[ids] * acc[level_of[ids], ids]).reshape(len(ids), -1).sum(axis=1)
+        total = (path[ids] * mean_gradient(ids)).reshape(len(ids), -1).sum(axis=1)
         error[ids] = np.abs(total - delta[ids]) / np.where(estimable[ids], np.abs(delta[ids]), 1.0)
 
     measure(everyone)
@@ -179,7 +193,7 @@ def integrated_gradients(model, images, targets=None, *, baseline="black", steps
         level_of[active] = level
         measure(active)
 
-    attributions = path * acc[level_of, everyone]
+    attributions = path * mean_gradient(everyone)
     steps_used = np.asarray(levels, np.int64)[level_of]
     converged = estimable & (error <= tolerance) if tolerance is not None else estimable.copy()
     heatmaps = normalise_maps(np.abs(attributions.sum(axis=-1)))
@@ -223,12 +237,34 @@ def clenshaw_curtis_rule(m: int) -> tuple[np.ndarray, np.ndarray]:
     return alphas, weights / 2
 
 
-SCHEMES = {"trapezoid": trapezoid_rule, "clenshaw-curtis": clenshaw_curtis_rule}
+def graded_rule(m: int) -> tuple[np.ndarray, np.ndarray]:
+    """The trapezoid in t after the substitution alpha = t^2: nodes (j / m)^2, j = 0..m, weights
+    2 t_j / m (halved at both ends, so 0 at the baseline). The nodes crowd towards the baseline, where
+    the integrand of a black-baseline path changes fastest (units switching on as the image brightens);
+    like the trapezoid, doubling m halves the old nodes' weights and adds the midpoints in t."""
+    t = np.arange(m + 1) / m
+    weights = 2.0 * t / m
+    weights[[0, -1]] /= 2
+    return t * t, weights
 
 
-def quadrature_rule(scheme: str):
-    """The ``m -> (nodes, weights)`` function of a scheme name; one clear error for an unknown name."""
-    if scheme not in SCHEMES:
+@dataclass(frozen=True)
+class Scheme:
+    """A nested family of quadrature rules on [0, 1]: ``rule(m)`` gives the m + 1 nodes (node j of m is
+    node 2j of 2m, bit for bit) and their weights. ``shared``: the weights for 2m on the old nodes are
+    exactly half those for m, so one running sum of gradients serves every level."""
+
+    rule: Callable[[int], tuple[np.ndarray, np.ndarray]]
+    shared: bool
+
+
+SCHEMES = {"trapezoid": Scheme(trapezoid_rule, True), "graded": Scheme(graded_rule, True),
+           "clenshaw-curtis": Scheme(clenshaw_curtis_rule, False)}
+
+
+def quadrature_scheme(scheme: str) -> Scheme:
+    """The :class:`Scheme` of a name; one clear error for an unknown name."""
+    if not isinstance(scheme, str) or scheme not in SCHEMES:
         raise AlzAuditError(f"scheme: unknown IG quadrature scheme {scheme!r} (choose {', '.join(SCHEMES)})")
     return SCHEMES[scheme]
 
