@@ -187,3 +187,24 @@ def test_an_unknown_scheme_is_a_one_line_error(tanh_model, scheme):
     with pytest.raises(AlzAuditError, match="unknown IG quadrature scheme") as info:
         integrated_gradients(tanh_model, constant_images([4.0]), scheme=scheme)
     assert "\n" not in str(info.value) and "clenshaw-curtis" in str(info.value)
+
+
+# ------------------------------------------------------------------------------------------- the gate
+def test_the_gate_reads_its_ig_scheme_from_the_thresholds_and_refuses_unknown_ones(tmp_path):
+    from audit.runner import AuditConfig
+    from suites.thresholds import load_thresholds
+
+    default = AuditConfig.from_settings(load_thresholds().settings)
+    assert default.ig_scheme in SCHEMES and default.ig_scheme == AuditConfig().ig_scheme
+    path = tmp_path / "t.toml"
+    path.write_text('[audit]\nig_scheme = "clenshaw-curtis"\nig_min_steps = 8\n')
+    config = AuditConfig.from_settings(load_thresholds(path).settings)
+    assert config.ig_scheme == "clenshaw-curtis" and config.ig_min_steps == 8
+    for text, message in (('ig_scheme = "simpson"', "'audit.ig_scheme' must be one of trapezoid, graded"),
+                          ("ig_scheme = 2", "'audit.ig_scheme' must be one of"),
+                          ('ig_min_steps = "8"', "'audit.ig_min_steps' must be int"),
+                          ('ig_schema = "graded"', "unknown key 'audit.ig_schema'")):
+        path.write_text(f"[audit]\n{text}\n")
+        with pytest.raises(AlzAuditError, match=message) as info:
+            load_thresholds(path)
+        assert "\n" not in str(info.value)
