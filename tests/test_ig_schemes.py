@@ -208,3 +208,82 @@ def test_the_gate_reads_its_ig_scheme_from_the_thresholds_and_refuses_unknown_on
         with pytest.raises(AlzAuditError, match=message) as info:
             load_thresholds(path)
         assert "\n" not in str(info.value)
+
+
+def test_the_explain_cli_offers_every_scheme():
+    import argparse
+
+    from audit.commands import explain
+
+    top = argparse.ArgumentParser().add_subparsers()
+    explain.register(top, None)
+    parser = top.choices["explain"]
+    option = next(a for a in parser._actions if "--ig-scheme" in a.option_strings)
+    assert list(option.choices) == list(SCHEMES) and option.default == "trapezoid"
+
+
+# ------------------------------------------------------------------------------------------ panels
+def _composite_reference(scheme: str, values, panel_steps, n_panels: int) -> np.ndarray:
+    """U / 16 * the integral of sech^2(U alpha) by numpy's trapezoid, panel by panel in t (alpha = t or
+    t^2), each panel with its own number of intervals: the attribution per pixel the panels should give."""
+    out = []
+    for value, steps in zip(values, panel_steps):
+        total = 0.0
+        for panel, k in enumerate(steps):
+            t = np.linspace(panel / n_panels, (panel + 1) / n_panels, k + 1)
+            if scheme == "graded":
+                total += np.trapezoid(2 * t / np.cosh(value * t * t) ** 2, t)
+            else:
+                total += np.trapezoid(1 / np.cosh(value * t) ** 2, t)
+        out.append(value / 16 * total)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("scheme,tolerance,expected,whole", [
+    # Two panels: the sharp start (alpha < 1/4 graded, < 1/2 trapezoid) refines, the flat rest does not.
+    ("graded", 0.02, [[4, 4], [8, 4], [16, 4], [32, 4]], [8, 16, 32, 64]),
+    ("trapezoid", 1e-3, [[4, 4], [16, 4], [32, 4], [32, 32]], [8, 32, 64, 64]),
+])
+def test_panels_refine_only_where_their_own_error_is_and_equal_the_composite_rule(
+        tanh_model, monkeypatch, scheme, tolerance, expected, whole):
+    values = [4.0, 20.0, 50.0, 200.0]
+    images = constant_images(values)
+    rows = _counting(monkeypatch)
+    result = integrated_gradients(tanh_model, images, [0] * 4, tolerance=tolerance, min_steps=8, max_steps=64,
+                                  scheme=scheme, panels=2, batch_size=6)
+    np.testing.assert_array_equal(result.panel_steps, expected)
+    np.testing.assert_array_equal(result.steps_used, np.sum(expected, axis=1))
+    assert len(rows) == len(set(rows)) == result.gradient_evaluations == (result.steps_used + 1).sum()
+    monkeypatch.undo()
+    reference = _composite_reference(scheme, values, result.panel_steps, 2)
+    np.testing.assert_allclose(result.attributions[..., 0].mean(axis=(1, 2)), reference, rtol=2e-5)
+    one_panel = integrated_gradients(tanh_model, images, [0] * 4, tolerance=tolerance, min_steps=8, max_steps=64,
+                                     scheme=scheme)
+    np.testing.assert_array_equal(one_panel.steps_used, whole)
+    np.testing.assert_array_equal(result.converged, one_panel.converged)  # same verdicts ...
+    assert result.gradient_evaluations < one_panel.gradient_evaluations   # ... for fewer gradients
+    # Where both panels end level, the result is the one-panel rule at that count.
+    level = [i for i, steps in enumerate(expected) if steps[0] == steps[1]]
+    for i in level:
+        fixed = integrated_gradients(tanh_model, images[i:i + 1], [0], steps=int(result.steps_used[i]), scheme=scheme)
+        np.testing.assert_allclose(result.attributions[i], fixed.attributions[0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"panels": 0}, "panels: must be a positive integer"),
+    ({"panels": 2.0}, "panels: must be a positive integer"),
+    ({"panels": 3}, r"panels: 3 panels must divide min_steps \(16\)"),
+    ({"panels": 2, "scheme": "clenshaw-curtis"}, "needs a scheme whose weights halve under doubling"),
+])
+def test_bad_panels_are_one_line_errors(tanh_model, kwargs, message):
+    with pytest.raises(AlzAuditError, match=message) as info:
+        integrated_gradients(tanh_model, constant_images([4.0]), tolerance=0.01, **kwargs)
+    assert "\n" not in str(info.value)
+
+
+def test_panels_only_shape_the_adaptive_rounds(tanh_model):
+    images = constant_images([20.0, 50.0])
+    fixed = integrated_gradients(tanh_model, images, [0, 0], steps=12, scheme="graded", panels=5)
+    plain = integrated_gradients(tanh_model, images, [0, 0], steps=12, scheme="graded")
+    np.testing.assert_array_equal(fixed.attributions, plain.attributions)
+    assert fixed.panel_steps.shape == (2, 1) and (fixed.steps_used == 12).all()

@@ -13,9 +13,11 @@ node for ``2m``, so refining an image from ``m`` to ``2m`` costs only the ``m`` 
 gradient already computed is reused (Gauss–Legendre nodes share none between counts). With a
 ``tolerance`` each image starts at ``min_steps`` intervals and doubles until its completeness error
 (|Σ attributions − (F(x) − F(x'))| / |F(x) − F(x')|) is at most the tolerance, or ``max_steps`` is
-reached: gradients are spent only on the images that need them. On a trained ReLU network the integrand
-is kinked, so no rule converges faster than second order; what the schemes change is where the nodes
-sit (IG_NOTES.md / docs/metrics.md have the measured costs).
+reached: gradients are spent only on the images that need them. With ``panels`` the path is cut into
+pieces that double independently, each judged by its own exact error (F is known at every node), so an
+image refines only where its integrand is hard. On a trained ReLU network the integrand is kinked, so
+no rule converges faster than second order; what the schemes change is where the nodes sit
+(docs/metrics.md has the measured costs).
 
 All (image, alpha) rows of a round — from every image still refining — are laid out together and pushed
 through one compiled gradient function ``batch_size`` rows at a time, so a batch can span several
@@ -63,6 +65,8 @@ class IGResult:
     gradient_evaluations: total (image, alpha) gradient rows computed, over all images.
     tolerance: the tolerance asked for, or None (fixed steps).
     scheme: the quadrature's nodes and weights (a key of ``SCHEMES``).
+    panel_steps: int64 ``(N, panels)``, the intervals each panel ended with (they sum to ``steps_used``);
+        ``(N, 1)`` with fixed steps.
     """
 
     attributions: np.ndarray
@@ -78,12 +82,13 @@ class IGResult:
     gradient_evaluations: int
     tolerance: float | None = None
     scheme: str = "trapezoid"
+    panel_steps: np.ndarray | None = None
 
 
 def integrated_gradients(model, images, targets=None, *, baseline="black", steps: int = 64,
                          batch_size: int = 32, output: str = "logit", tolerance: float | None = None,
                          min_steps: int = 16, max_steps: int | None = None, scheme: str = "trapezoid",
-                         strategy=None) -> IGResult:
+                         panels: int = 1, strategy=None) -> IGResult:
     """Integrated Gradients of F = the target class's logit (default) or its softmax probability.
 
     ``baseline``: ``"black"`` (all-zero intensities), ``"blur"`` (each image Gaussian-blurred with sigma =
@@ -103,6 +108,13 @@ def integrated_gradients(model, images, targets=None, *, baseline="black", steps
     ``max(steps, 128)``). An image whose delta is not estimable stops at ``min_steps``, since more
     steps cannot make it estimable. The result at ``steps_used[i]`` equals fixed-steps IG at that count.
 
+    ``panels`` (adaptive only; trapezoid or graded) splits the path into equal pieces in the rule's own
+    variable (t, with alpha = t^2 for graded: two panels meet at alpha = 1/4) that double independently.
+    Each panel's own error is exact — its quadrature against F(end) - F(start), F being known at every
+    node — so a round refines only the panels whose error exceeds tolerance / panels (or, if none does,
+    the worst one), up to ``max_steps / panels`` intervals each. ``panel_steps`` records where an image
+    ended; the result equals the composite rule at those nodes (and fixed-steps IG where they are equal).
+
     ``strategy`` (a ``tf.distribute.Strategy``, see ``audit/distribute.py``) spreads each batch of (image,
     alpha) rows over its replicas, ``batch_size`` rows per replica; the gradients come back in row order
     and are summed on the host as before, so the result is the single-device one. ``None``: one device.
@@ -113,6 +125,7 @@ def integrated_gradients(model, images, targets=None, *, baseline="black", steps
         raise AlzAuditError(f"--batch-size: must be at least 1, got {batch_size}")
     quadrature = quadrature_scheme(scheme)
     levels = step_levels(steps, tolerance, min_steps, max_steps)
+    n_panels = check_panels(panels, quadrature, levels) if tolerance is not None else 1
     tolerance = None if tolerance is None else float(tolerance)
     images = check_images(model, images)
     wanted = check_targets(targets, len(images), n_outputs(model))
@@ -128,78 +141,121 @@ def integrated_gradients(model, images, targets=None, *, baseline="black", steps
         batch_size = global_batch(batch_size, strategy)
     n = len(images)
     path = images.astype(np.float64) - baselines
-    # The weighted sum of gradients per image, over the nodes computed so far. A node of level m is a
-    # node of every later level (index j at m is 2j at 2m), so each gradient is computed once and added
-    # to every level's sum it belongs to. Where doubling only halves the old nodes' weights (trapezoid,
-    # graded) one sum of m * weight * gradient serves every level: acc[0] / m is the mean gradient at m.
-    # Otherwise (Clenshaw–Curtis: every weight changes) acc[l] holds level l's own weighted sum.
-    rules = [quadrature.rule(m) for m in levels]
-    acc = np.zeros((1 if quadrature.shared else len(levels),) + images.shape, np.float64)
+    rules = {m: quadrature.rule(m) for m in levels}
+    # Weighted sums of gradients per image over the nodes computed so far ("slots"). A node of level m
+    # is a node of every later level (index j at m is 2j at 2m), so each gradient is computed once and
+    # added to every sum it belongs to. Where doubling only halves the old nodes' weights (trapezoid,
+    # graded), one sum of m * weight * gradient per panel serves every level: acc[p] / m_p is panel p's
+    # share of the mean gradient at its level m_p. Otherwise (Clenshaw–Curtis: every weight changes, one
+    # panel) acc[l] holds level l's own weighted sum.
+    acc = np.zeros(((n_panels if quadrature.shared else len(levels)),) + images.shape, np.float64)
+    level_index = {m: i for i, m in enumerate(levels)}
 
-    def run(image_ids: np.ndarray, level: int, js: np.ndarray) -> np.ndarray:
-        """Gradients at nodes ``js`` of ``levels[level]`` for every image in ``image_ids``, added into the
-        sums of every level from ``level`` on with that level's weight; F per (image, node)."""
-        alphas = rules[level][0][js]
+    def node_weights(panel: int, m: int, js: np.ndarray) -> np.ndarray:
+        """(slots, len(js)): what the gradient at node ``js`` of level ``m`` adds to each sum."""
+        weights = np.zeros((len(acc), len(js)))
         if quadrature.shared:
-            slots, weights = [0], rules[level][1][js][None] * levels[level]
+            weights[panel] = rules[m][1][js] * m
         else:
-            slots = list(range(level, len(levels)))
-            weights = np.stack([rules[l][1][js * (levels[l] // levels[level])] for l in slots])
-        image_of = np.repeat(image_ids, len(js))
-        weight_of = np.tile(weights, (1, len(image_ids)))
-        alpha_of = np.tile(alphas, len(image_ids))
+            for level in range(level_index[m], len(levels)):
+                weights[level] = rules[levels[level]][1][js * (levels[level] // m)]
+        return weights
+
+    def run(image_of: np.ndarray, alpha_of: np.ndarray, weight_of: np.ndarray) -> np.ndarray:
+        """Gradients at every (image, alpha) row (rows of one image adjacent), added into the sums with the
+        row's weights ``weight_of`` (slots, rows); F per row."""
         values = np.empty(len(image_of), np.float64)
         for rows in _balanced_batches(len(image_of), batch_size):
             ids = image_of[rows]
             grads, scores = gradient(images[ids], baselines[ids], alpha_of[rows].astype(np.float32), wanted[ids])
             grads = grads.numpy().astype(np.float64)
             firsts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
-            for slot, row_weights in zip(slots, weight_of):
-                weighted = grads * row_weights[rows][:, None, None, None]
+            for slot in np.flatnonzero(weight_of[:, rows].any(axis=1)):
+                weighted = grads * weight_of[slot, rows][:, None, None, None]
                 acc[slot, ids[firsts]] += np.add.reduceat(weighted, firsts, axis=0)
             values[rows] = scores.numpy()
-        return values.reshape(len(image_ids), len(js))
+        return values
 
-    def mean_gradient(ids: np.ndarray) -> np.ndarray:
-        """Each image's quadrature of the gradient over [0, 1] at the level it has reached."""
-        if quadrature.shared:
-            return acc[0, ids] / np.asarray(levels, np.float64)[level_of[ids]][:, None, None, None]
-        return acc[level_of[ids], ids]
-
-    everyone = np.arange(n)
-    scores = run(everyone, 0, np.arange(levels[0] + 1))
-    evaluations = n * (levels[0] + 1)
-    f_baseline, f_image = scores[:, 0], scores[:, -1]
-    delta = f_image - f_baseline
-    scale = np.maximum(1.0, np.maximum(np.abs(f_image), np.abs(f_baseline)))
+    # Round one: every node of the first level for every image. Panel p spans nodes p*k .. (p+1)*k of
+    # it (k = m / panels); a node on the border of two panels counts half in each.
+    first, everyone = levels[0], np.arange(n)
+    k = first // n_panels
+    weights = np.zeros((len(acc), first + 1))
+    for panel in range(n_panels):
+        js = np.arange(panel * k, (panel + 1) * k + 1)
+        share = np.where((js % k == 0) & (js > 0) & (js < first), 0.5, 1.0) if n_panels > 1 else 1.0
+        weights[:, js] += node_weights(panel, first, js) * share
+    scores = run(np.repeat(everyone, first + 1), np.tile(rules[first][0], n), np.tile(weights, (1, n)))
+    scores = scores.reshape(n, first + 1)
+    evaluations = n * (first + 1)
+    f_border = scores[:, ::k]  # F where each panel starts and ends: F(x') ... F(x)
+    delta = f_border[:, -1] - f_border[:, 0]
+    scale = np.maximum(1.0, np.maximum(np.abs(f_border[:, -1]), np.abs(f_border[:, 0])))
     estimable = np.abs(delta) >= NOT_ESTIMABLE_RTOL * scale
-    level_of = np.zeros(n, np.int64)
+    panel_level = np.full((n, n_panels), first, np.int64)  # the level m_p each panel has reached
     error = np.full(n, np.nan)
+    panel_error = np.zeros((n, n_panels))  # each panel's quadrature minus its exact F(end) - F(start)
+
+    def mean_gradient(ids: np.ndarray, panel: int | None = None) -> np.ndarray:
+        """The quadrature of the gradient over [0, 1] (or over one panel) at the levels reached."""
+        if not quadrature.shared:
+            return acc[[level_index[m] for m in panel_level[ids, 0]], ids]
+        chosen = range(n_panels) if panel is None else [panel]
+        return sum(acc[p, ids] / panel_level[ids, p][:, None, None, None] for p in chosen)
 
     def measure(ids: np.ndarray) -> None:
-        total = (path[ids] * mean_gradient(ids)).reshape(len(ids), -1).sum(axis=1)
-        error[ids] = np.abs(total - delta[ids]) / np.where(estimable[ids], np.abs(delta[ids]), 1.0)
+        shares = np.stack([(path[ids] * mean_gradient(ids, p if quadrature.shared else None))
+                           .reshape(len(ids), -1).sum(axis=1) for p in range(n_panels)], axis=1)
+        panel_error[ids] = shares - np.diff(f_border[ids], axis=1)
+        error[ids] = np.abs(shares.sum(axis=1) - delta[ids]) / np.where(estimable[ids], np.abs(delta[ids]), 1.0)
 
     measure(everyone)
     error[~estimable] = np.nan
     active = everyone[estimable] if tolerance is not None else everyone[:0]
-    for level in range(1, len(levels)):
+    while len(active):
         active = active[error[active] > tolerance]
-        if not len(active):
-            break
-        new = np.arange(1, levels[level], 2)  # odd indices: the nodes the previous level lacks
-        run(active, level, new)
-        evaluations += len(active) * len(new)
-        level_of[active] = level
-        measure(active)
+        # Refine the panels whose own error exceeds tolerance / panels (at least one does while the total
+        # is above the tolerance), else the refinable one with the largest; stop at max_steps per panel.
+        room = panel_level[active] * 2 <= levels[-1]
+        own = np.abs(panel_error[active]) / np.abs(delta[active])[:, None]
+        pick = room & (own > tolerance / n_panels)
+        fallback = ~pick.any(axis=1) & room.any(axis=1)
+        pick[fallback, np.where(room, own, -1.0)[fallback].argmax(axis=1)] = True
+        active, pick = active[pick.any(axis=1)], pick[pick.any(axis=1)]
+        parts = []
+        for i, panels_of_i in zip(active, pick):
+            for panel in np.flatnonzero(panels_of_i):
+                m = 2 * panel_level[i, panel]
+                js = panel * (m // n_panels) + np.arange(1, m // n_panels, 2)  # the midpoints it lacks
+                parts.append((np.full(len(js), i), rules[m][0][js], node_weights(panel, m, js)))
+                panel_level[i, panel] = m
+        if parts:
+            run(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+                np.concatenate([p[2] for p in parts], axis=1))
+            evaluations += sum(len(p[0]) for p in parts)
+            measure(active)
 
     attributions = path * mean_gradient(everyone)
-    steps_used = np.asarray(levels, np.int64)[level_of]
+    panel_steps = panel_level // n_panels
+    steps_used = panel_steps.sum(axis=1)
     converged = estimable & (error <= tolerance) if tolerance is not None else estimable.copy()
     heatmaps = normalise_maps(np.abs(attributions.sum(axis=-1)))
     return IGResult(attributions.astype(np.float32), heatmaps, delta, error, wanted.astype(np.int64), output,
                     int(levels[-1]), estimable, steps_used, converged, int(evaluations),
-                    tolerance, scheme)
+                    tolerance, scheme, panel_steps)
+
+
+def check_panels(panels: int, quadrature: "Scheme", levels: list[int]) -> int:
+    """The number of panels, checked: at least 1, dividing ``min_steps``, and more than 1 only for a
+    scheme whose weights halve under doubling (one running sum per panel)."""
+    if isinstance(panels, bool) or not isinstance(panels, (int, np.integer)) or panels < 1:
+        raise AlzAuditError(f"panels: must be a positive integer, got {panels!r}")
+    if panels > 1 and not quadrature.shared:
+        names = ", ".join(name for name, s in SCHEMES.items() if s.shared)
+        raise AlzAuditError(f"panels: more than one panel needs a scheme whose weights halve under doubling ({names})")
+    if levels[0] % panels:
+        raise AlzAuditError(f"panels: {panels} panels must divide min_steps ({levels[0]})")
+    return int(panels)
 
 
 def trapezoid_rule(m: int) -> tuple[np.ndarray, np.ndarray]:
