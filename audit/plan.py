@@ -16,7 +16,10 @@ import numpy as np
 
 MIN_IMAGES = 16          # below this the skill CIs are too wide to say anything
 FAITHFULNESS_ORDERS = 5  # Grad-CAM + four control maps, each a deletion and an insertion curve
-IG_ROWS_PER_IMAGE = 40   # adaptive IG at tolerance 0.05 spent 36 gradients per image on the demo model
+# Adaptive IG's gradient rows per image at the gate's tolerance 0.05 (min_steps 16, at most 64), by scheme:
+# measured on two demo-recipe models (IG_NOTES.md): graded with 2 panels 23.2 / 29.8, trapezoid one
+# panel 46.5 / 51.0, Clenshaw–Curtis 37 / 49 (capped at 128); rounded up. Fixed steps: steps + 1.
+IG_ROWS_PER_IMAGE = {"graded": 32, "trapezoid": 52, "clenshaw-curtis": 50}
 RANDOMIZATION_STAGES = 6
 
 
@@ -69,7 +72,9 @@ def plan_stages(n_images: int, config, costs: UnitCosts, n_sigmas: int) -> list[
 
     n_cam, n_ig, n_f = size(config.gradcam_images), size(config.ig_images), size(config.faithfulness_images)
     n_s, n_r = size(config.stability_images), size(config.randomization_images)
-    rows = IG_ROWS_PER_IMAGE if config.ig_tolerance else config.ig_steps + 1
+    rows = config.ig_steps + 1
+    if config.ig_tolerance:
+        rows = min(rows, IG_ROWS_PER_IMAGE.get(config.ig_scheme, rows))
     curves = FAITHFULNESS_ORDERS * 2 * (config.faithfulness_steps + 1)
     noisy = n_sigmas * config.stability_draws
     return [

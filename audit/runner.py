@@ -34,6 +34,7 @@ class AuditConfig:
                                      # its completeness error is within this; 0 = fixed ig_steps everywhere
     ig_scheme: str = "graded"        # IG nodes (audit.explain.ig.SCHEMES): graded = trapezoid after alpha = t^2
     ig_min_steps: int = 16           # intervals every image starts with when ig_tolerance > 0
+    ig_panels: int = 2               # adaptive IG: path pieces that double independently (graded: split at alpha 1/4)
     stability_images: int = 64
     stability_draws: int = 5
     sigmas: tuple = (0.02, 0.05)
@@ -398,7 +399,7 @@ class AuditRun:
         return self._timed("ig", lambda: integrated_gradients(
             self.model, self.inputs[idx], self.model_targets[idx], steps=self.config.ig_steps,
             tolerance=self.config.ig_tolerance or None, min_steps=min(self.config.ig_min_steps, self.config.ig_steps),
-            max_steps=self.config.ig_steps, scheme=self.config.ig_scheme,
+            max_steps=self.config.ig_steps, scheme=self.config.ig_scheme, panels=self.config.ig_panels,
             batch_size=max(self.config.batch_size, 64), strategy=self.strategy))
 
     def _gradcam_for(self, idx: np.ndarray) -> np.ndarray:

@@ -8,12 +8,15 @@ Xplique's, a step-by-step loop) at the same number of steps. First-call (build +
 reported apart from steady-state time. Timings are the best of ``--repeats`` rounds after a warm-up,
 the contenders called in turn each round so that drifting load on a shared machine hits them alike.
 
-The ``ig-schemes`` section measures what IG's cost buys: completeness error (median, p95 over images)
-against gradient evaluations per image for trapezoid IG at 16/32/64/128 intervals, the node choices
-that were weighed against it (Gauss–Legendre, midpoint, Simpson by Richardson extrapolation), and the
-adaptive nested-doubling scheme at the default tolerance, timed against fixed 64 steps in the same run.
-It uses a trained model (``--ig-model``, e.g. the demo's) on test slices (``--ig-data``), else a small
-model trained here for a few seconds on blob images.
+The ``ig-schemes`` section measures what IG's cost buys: completeness error (median, p95, max over
+images) against gradient evaluations per image for every scheme (trapezoid, graded, Clenshaw–Curtis) at
+8..128 intervals and the node choices weighed against them (Gauss–Legendre, Simpson by Richardson
+extrapolation), all from one pass over the union of their nodes; then the adaptive runs themselves
+(gradients per image, ratio to fixed 64 steps, steps used, images not converged, and each map's L2
+distance to a converged reference map, which completeness cannot show), the gate's IG timed against
+fixed 64 steps, and — under .venv-bench — Xplique's IntegratedGradients at the step count that matches
+the gate IG's median completeness, timed against it. It uses a trained model (``--ig-model``, e.g. the
+demo's) on test slices (``--ig-data``), else a small model trained here for a few seconds on blob images.
 
     .venv/bin/python benchmarks/bench_explainers.py                  # ours only
     .venv-bench/bin/python benchmarks/bench_explainers.py            # + Xplique, tf-keras-vis
@@ -438,12 +441,15 @@ def run_ig_schemes(args) -> None:
 
     # The adaptive runs themselves (not replays): gradients are the rows actually computed.
     kwargs = dict(targets=targets, batch_size=args.batch)
+    def label(scheme, lo, hi, panels=1):
+        return f"{scheme} {lo}->{hi}" + (f", {panels} panels" if panels > 1 else "")
+
     runs = {"trapezoid 16->64 (old gate)": dict(scheme="trapezoid", min_steps=16, max_steps=64)}
-    for name in SCHEMES:
-        for lo in (8, 16):
-            runs[f"{name} {lo}->{2 * cap}"] = dict(scheme=name, min_steps=lo, max_steps=2 * cap)
-    gate = dict(scheme=chosen, min_steps=config.ig_min_steps, max_steps=cap)
-    gate_label = f"{chosen} {config.ig_min_steps}->{cap} (gate)"
+    for scheme, lo, panels in (("trapezoid", 16, 1), ("trapezoid", 16, 2), ("clenshaw-curtis", 16, 1),
+                               ("graded", 8, 1), ("graded", 16, 1), ("graded", 16, 2), ("graded", 16, 4)):
+        runs[label(scheme, lo, 2 * cap, panels)] = dict(scheme=scheme, min_steps=lo, max_steps=2 * cap, panels=panels)
+    gate = dict(scheme=chosen, min_steps=config.ig_min_steps, max_steps=cap, panels=config.ig_panels)
+    gate_label = label(chosen, config.ig_min_steps, cap, config.ig_panels) + " (gate)"
     runs[gate_label] = gate
     results = {label: integrated_gradients(model, images, tolerance=tolerance, **kw, **kwargs) for label, kw in runs.items()}
     fixed = integrated_gradients(model, images, steps=64, **kwargs)
@@ -469,6 +475,11 @@ def run_ig_schemes(args) -> None:
             f"{e.max():8.2%} {not_converged:8d} {np.median(maps):7.2%}/{maps.max():7.2%}  {counts}")
 
     gate_result = results[gate_label]
+    within = [m for m in (16, 32, 64, 128) if (relative(trapezoid(s_grid, m), delta)[keep] <= tolerance).all()]
+    say(f"  every image within {tolerance:g} with fixed equal steps (Xplique's rule: m + 1 points): "
+        + (f"first at {within[0]} intervals of 16/32/64/128 ({within[0] + 1} gradients per image, "
+           f"{(within[0] + 1) / (gate_result.gradient_evaluations / len(images)):.1f}x the gate IG's)" if within
+           else "not even at 128 intervals"))
     contenders = {"fixed 64": lambda: integrated_gradients(model, images, steps=64, **kwargs),
                   "gate IG": lambda: integrated_gradients(model, images, tolerance=tolerance, **gate, **kwargs)}
     best = race(contenders, args.ig_scheme_repeats)

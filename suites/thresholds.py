@@ -34,7 +34,7 @@ SCHEMA: dict[str, dict[str, object]] = {
     "audit": {"gradcam_images": int, "ig_images": int, "ig_steps": int, "stability_images": int,
               "stability_draws": int, "faithfulness_images": int, "faithfulness_steps": int,
               "randomization_images": int, "gallery_per_class": int, "batch_size": int,
-              "ig_scheme": "ig_scheme", "ig_min_steps": int,
+              "ig_scheme": "ig_scheme", "ig_min_steps": int, "ig_panels": int,
               "randomization_gate_fraction": "share", "min_mask_share": "share", "ig_tolerance": "share",
               "budget_minutes": float},
 }

@@ -197,12 +197,13 @@ def test_the_gate_reads_its_ig_scheme_from_the_thresholds_and_refuses_unknown_on
     default = AuditConfig.from_settings(load_thresholds().settings)
     assert default.ig_scheme in SCHEMES and default.ig_scheme == AuditConfig().ig_scheme
     path = tmp_path / "t.toml"
-    path.write_text('[audit]\nig_scheme = "clenshaw-curtis"\nig_min_steps = 8\n')
+    path.write_text('[audit]\nig_scheme = "clenshaw-curtis"\nig_min_steps = 8\nig_panels = 1\n')
     config = AuditConfig.from_settings(load_thresholds(path).settings)
-    assert config.ig_scheme == "clenshaw-curtis" and config.ig_min_steps == 8
+    assert config.ig_scheme == "clenshaw-curtis" and config.ig_min_steps == 8 and config.ig_panels == 1
     for text, message in (('ig_scheme = "simpson"', "'audit.ig_scheme' must be one of trapezoid, graded"),
                           ("ig_scheme = 2", "'audit.ig_scheme' must be one of"),
                           ('ig_min_steps = "8"', "'audit.ig_min_steps' must be int"),
+                          ("ig_panels = 1.5", "'audit.ig_panels' must be int"),
                           ('ig_schema = "graded"', "unknown key 'audit.ig_schema'")):
         path.write_text(f"[audit]\n{text}\n")
         with pytest.raises(AlzAuditError, match=message) as info:
@@ -287,3 +288,23 @@ def test_panels_only_shape_the_adaptive_rounds(tanh_model):
     plain = integrated_gradients(tanh_model, images, [0, 0], steps=12, scheme="graded")
     np.testing.assert_array_equal(fixed.attributions, plain.attributions)
     assert fixed.panel_steps.shape == (2, 1) and (fixed.steps_used == 12).all()
+
+
+def test_the_plan_prices_ig_by_the_gates_scheme():
+    from dataclasses import replace
+
+    from audit.plan import IG_ROWS_PER_IMAGE, UnitCosts, plan_stages
+    from audit.runner import AuditConfig
+
+    costs = UnitCosts(forward=0.01, gradcam=0.01, ig_row=0.1)
+
+    def ig_seconds(**changes) -> float:
+        plans = plan_stages(200, replace(AuditConfig(), **changes), costs, n_sigmas=2)
+        return next(p.seconds for p in plans if p.stage == "Integrated Gradients")
+
+    assert set(IG_ROWS_PER_IMAGE) == set(SCHEMES)
+    assert ig_seconds() == pytest.approx(64 * IG_ROWS_PER_IMAGE["graded"] * 0.1)
+    assert ig_seconds(ig_scheme="trapezoid") == pytest.approx(64 * IG_ROWS_PER_IMAGE["trapezoid"] * 0.1)
+    assert ig_seconds(ig_tolerance=0.0) == pytest.approx(64 * 65 * 0.1)             # fixed: steps + 1
+    assert ig_seconds(ig_steps=16) == pytest.approx(64 * 17 * 0.1)                  # never above fixed
+    assert IG_ROWS_PER_IMAGE["graded"] <= 32.5 < IG_ROWS_PER_IMAGE["trapezoid"]
