@@ -16,10 +16,11 @@ import numpy as np
 
 MIN_IMAGES = 16          # below this the skill CIs are too wide to say anything
 FAITHFULNESS_ORDERS = 5  # Grad-CAM + four control maps, each a deletion and an insertion curve
-# Adaptive IG's gradient rows per image at the gate's tolerance 0.05 (min_steps 16, at most 64), by scheme:
-# measured on two demo-recipe models (IG_NOTES.md): graded with 2 panels 23.2 / 29.8, trapezoid one
-# panel 46.5 / 51.0, Clenshaw–Curtis 37 / 49 (capped at 128); rounded up. Fixed steps: steps + 1.
-IG_ROWS_PER_IMAGE = {"graded": 32, "trapezoid": 52, "clenshaw-curtis": 50}
+# Adaptive IG's gradient rows per image at the gate's settings (tolerance 0.05, min_steps 16, at most 128,
+# 4 panels; Clenshaw–Curtis 1 panel), by scheme: the largest mean over five demo-recipe models
+# (IG_NOTES.md; graded 23.1–30.1, trapezoid 27.5–42.2, Clenshaw–Curtis 37–49), rounded up.
+# Fixed steps: steps + 1.
+IG_ROWS_PER_IMAGE = {"graded": 32, "trapezoid": 44, "clenshaw-curtis": 50}
 RANDOMIZATION_STAGES = 6
 
 

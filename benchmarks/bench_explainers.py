@@ -444,13 +444,17 @@ def run_ig_schemes(args) -> None:
     def label(scheme, lo, hi, panels=1):
         return f"{scheme} {lo}->{hi}" + (f", {panels} panels" if panels > 1 else "")
 
-    runs = {"trapezoid 16->64 (old gate)": dict(scheme="trapezoid", min_steps=16, max_steps=64)}
-    for scheme, lo, panels in (("trapezoid", 16, 1), ("trapezoid", 16, 2), ("clenshaw-curtis", 16, 1),
-                               ("graded", 8, 1), ("graded", 16, 1), ("graded", 16, 2), ("graded", 16, 4)):
-        runs[label(scheme, lo, 2 * cap, panels)] = dict(scheme=scheme, min_steps=lo, max_steps=2 * cap, panels=panels)
+    runs = {"trapezoid 16->64 (old gate)": dict(scheme="trapezoid", min_steps=16, max_steps=64, panels=1)}
+    for scheme, lo, hi, panels in (("trapezoid", 16, 128, 1), ("trapezoid", 16, 128, 4), ("clenshaw-curtis", 16, 128, 1),
+                                   ("graded", 8, 128, 1), ("graded", 16, 64, 1), ("graded", 16, 128, 1),
+                                   ("graded", 16, 128, 2), ("graded", 16, 64, 4), ("graded", 16, 128, 4),
+                                   ("graded", 16, 128, 8)):
+        runs[label(scheme, lo, hi, panels)] = dict(scheme=scheme, min_steps=lo, max_steps=hi, panels=panels)
     gate = dict(scheme=chosen, min_steps=config.ig_min_steps, max_steps=cap, panels=config.ig_panels)
-    gate_label = label(chosen, config.ig_min_steps, cap, config.ig_panels) + " (gate)"
-    runs[gate_label] = gate
+    gate_label = next((name for name, kw in runs.items() if kw == gate),
+                      label(chosen, config.ig_min_steps, cap, config.ig_panels))
+    runs[gate_label + " (gate)"] = runs.pop(gate_label, gate)
+    gate_label += " (gate)"
     results = {label: integrated_gradients(model, images, tolerance=tolerance, **kw, **kwargs) for label, kw in runs.items()}
     fixed = integrated_gradients(model, images, steps=64, **kwargs)
 

@@ -305,6 +305,6 @@ def test_the_plan_prices_ig_by_the_gates_scheme():
     assert set(IG_ROWS_PER_IMAGE) == set(SCHEMES)
     assert ig_seconds() == pytest.approx(64 * IG_ROWS_PER_IMAGE["graded"] * 0.1)
     assert ig_seconds(ig_scheme="trapezoid") == pytest.approx(64 * IG_ROWS_PER_IMAGE["trapezoid"] * 0.1)
-    assert ig_seconds(ig_tolerance=0.0) == pytest.approx(64 * 65 * 0.1)             # fixed: steps + 1
+    assert ig_seconds(ig_tolerance=0.0) == pytest.approx(64 * 129 * 0.1)            # fixed: steps + 1
     assert ig_seconds(ig_steps=16) == pytest.approx(64 * 17 * 0.1)                  # never above fixed
     assert IG_ROWS_PER_IMAGE["graded"] <= 32.5 < IG_ROWS_PER_IMAGE["trapezoid"]
