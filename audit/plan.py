@@ -16,7 +16,11 @@ import numpy as np
 
 MIN_IMAGES = 16          # below this the skill CIs are too wide to say anything
 FAITHFULNESS_ORDERS = 5  # Grad-CAM + four control maps, each a deletion and an insertion curve
-IG_ROWS_PER_IMAGE = 40   # adaptive IG at tolerance 0.05 spent 36 gradients per image on the demo model
+# Adaptive IG's gradient rows per image at the gate's settings (tolerance 0.05, min_steps 16, at most 128,
+# 4 panels; Clenshaw–Curtis 1 panel), by scheme: the largest mean over five demo-recipe models
+# (IG_NOTES.md; graded 23.1–30.1, trapezoid 27.5–42.2, Clenshaw–Curtis 37–49), rounded up.
+# Fixed steps: steps + 1.
+IG_ROWS_PER_IMAGE = {"graded": 32, "trapezoid": 44, "clenshaw-curtis": 50}
 RANDOMIZATION_STAGES = 6
 
 
@@ -69,7 +73,9 @@ def plan_stages(n_images: int, config, costs: UnitCosts, n_sigmas: int) -> list[
 
     n_cam, n_ig, n_f = size(config.gradcam_images), size(config.ig_images), size(config.faithfulness_images)
     n_s, n_r = size(config.stability_images), size(config.randomization_images)
-    rows = IG_ROWS_PER_IMAGE if config.ig_tolerance else config.ig_steps + 1
+    rows = config.ig_steps + 1
+    if config.ig_tolerance:
+        rows = min(rows, IG_ROWS_PER_IMAGE.get(config.ig_scheme, rows))
     curves = FAITHFULNESS_ORDERS * 2 * (config.faithfulness_steps + 1)
     noisy = n_sigmas * config.stability_draws
     return [

@@ -29,9 +29,12 @@ class AuditConfig:
     batch_size: int = 32
     gradcam_images: int = 0          # 0 = all images of the split
     ig_images: int = 64
-    ig_steps: int = 64               # fixed intervals, or the most an image may get when ig_tolerance > 0
-    ig_tolerance: float = 0.05       # adaptive IG: double each image's intervals (16, 32, ...) until its
-                                     # completeness error is within this; 0 = fixed ig_steps everywhere
+    ig_steps: int = 128              # fixed intervals, or the most an image may get when ig_tolerance > 0
+    ig_tolerance: float = 0.05       # adaptive IG: double each image's intervals (ig_min_steps, 2x, ...) until
+                                     # its completeness error is within this; 0 = fixed ig_steps everywhere
+    ig_scheme: str = "graded"        # IG nodes (audit.explain.ig.SCHEMES): graded = trapezoid after alpha = t^2
+    ig_min_steps: int = 16           # intervals every image starts with when ig_tolerance > 0
+    ig_panels: int = 4               # adaptive IG: path pieces refined apart, each by its own exact error
     stability_images: int = 64
     stability_draws: int = 5
     sigmas: tuple = (0.02, 0.05)
@@ -406,10 +409,16 @@ class AuditRun:
 
         idx = self.ig_indices
         return self._timed("ig", lambda: integrated_gradients(
-            self.model, self.inputs[idx], self.model_targets[idx], steps=self.config.ig_steps,
-            tolerance=self.config.ig_tolerance or None, min_steps=min(16, self.config.ig_steps),
-            max_steps=self.config.ig_steps,
-            batch_size=max(self.config.batch_size, 64), strategy=self.strategy))
+            self.model, self.inputs[idx], self.model_targets[idx], **self.ig_settings))
+
+    @property
+    def ig_settings(self) -> dict:
+        """The ``integrated_gradients`` options of every IG the audit computes (the IG stage, the gallery)."""
+        config = self.config
+        return dict(steps=config.ig_steps, tolerance=config.ig_tolerance or None,
+                    min_steps=min(config.ig_min_steps, config.ig_steps), max_steps=config.ig_steps,
+                    scheme=config.ig_scheme, panels=config.ig_panels, batch_size=max(config.batch_size, 64),
+                    strategy=self.strategy)
 
     def _gradcam_for(self, idx: np.ndarray) -> np.ndarray:
         position = {int(j): i for i, j in enumerate(self.gradcam_indices)}
@@ -716,7 +725,10 @@ def _controls_section(run: AuditRun, have) -> dict | None:
 def _ig_effort(result) -> dict:
     """How many intervals the adaptive IG spent per image, and how many images met the tolerance."""
     used = np.asarray(getattr(result, "steps_used", [result.steps] * len(result.delta)))
-    return {"tolerance": getattr(result, "tolerance", None), "steps_used_mean": float(used.mean()) if used.size else None,
+    panel_steps = getattr(result, "panel_steps", None)
+    return {"tolerance": getattr(result, "tolerance", None), "scheme": getattr(result, "scheme", "trapezoid"),
+            "panels": int(panel_steps.shape[1]) if panel_steps is not None else 1,
+            "steps_used_mean": float(used.mean()) if used.size else None,
             "steps_used_max": int(used.max()) if used.size else None,
             "gradient_evaluations": int(getattr(result, "gradient_evaluations", (used + 1).sum())),
             "n_converged": int(np.sum(getattr(result, "converged", []))), "n_images": int(len(result.delta))}
@@ -851,8 +863,7 @@ def gallery_section(run: AuditRun) -> list[dict]:
     cam = run._gradcam_for(idx)
     campp = gradcam_plus_plus(run.model, x, targets, layer=run.layer, batch_size=run.config.batch_size,
                               strategy=run.strategy)
-    ig = integrated_gradients(run.model, x, targets, steps=run.config.ig_steps,
-                              batch_size=max(run.config.batch_size, 64), strategy=run.strategy).heatmaps
+    ig = integrated_gradients(run.model, x, targets, **run.ig_settings).heatmaps
     items = []
     for row, (i, correct) in enumerate(chosen):
         stem = f"gallery/{CLASSES[run.labels[i]]}_{i:05d}"

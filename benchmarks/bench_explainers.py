@@ -8,12 +8,15 @@ Xplique's, a step-by-step loop) at the same number of steps. First-call (build +
 reported apart from steady-state time. Timings are the best of ``--repeats`` rounds after a warm-up,
 the contenders called in turn each round so that drifting load on a shared machine hits them alike.
 
-The ``ig-schemes`` section measures what IG's cost buys: completeness error (median, p95 over images)
-against gradient evaluations per image for trapezoid IG at 16/32/64/128 intervals, the node choices
-that were weighed against it (Gauss–Legendre, midpoint, Simpson by Richardson extrapolation), and the
-adaptive nested-doubling scheme at the default tolerance, timed against fixed 64 steps in the same run.
-It uses a trained model (``--ig-model``, e.g. the demo's) on test slices (``--ig-data``), else a small
-model trained here for a few seconds on blob images.
+The ``ig-schemes`` section measures what IG's cost buys: completeness error (median, p95, max over
+images) against gradient evaluations per image for every scheme (trapezoid, graded, Clenshaw–Curtis) at
+8..128 intervals and the node choices weighed against them (Gauss–Legendre, Simpson by Richardson
+extrapolation), all from one pass over the union of their nodes; then the adaptive runs themselves
+(gradients per image, ratio to fixed 64 steps, steps used, images not converged, and each map's L2
+distance to a converged reference map, which completeness cannot show), the gate's IG timed against
+fixed 64 steps, and — under .venv-bench — Xplique's IntegratedGradients at the step count that matches
+the gate IG's median completeness, timed against it. It uses a trained model (``--ig-model``, e.g. the
+demo's) on test slices (``--ig-data``), else a small model trained here for a few seconds on blob images.
 
     .venv/bin/python benchmarks/bench_explainers.py                  # ours only
     .venv-bench/bin/python benchmarks/bench_explainers.py            # + Xplique, tf-keras-vis
@@ -57,6 +60,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--ig-data", help="manifest CSV whose test split gives the ig-schemes images")
     p.add_argument("--ig-scheme-images", type=int, default=16, help="images in the ig-schemes section")
     p.add_argument("--ig-scheme-repeats", type=int, default=2, help="interleaved rounds timing adaptive vs 64")
+    p.add_argument("--ig-tolerance", type=float, default=None, help="adaptive IG tolerance (default: the gate's)")
     return p.parse_args()
 
 
@@ -344,8 +348,9 @@ def trained_small_model(n_images: int, size: int = 64):
     return model, blob_images(n_images, size, seed=1)[0], f"small backbone {size} px trained 4 epochs on blobs"
 
 
-def path_scores(model, images, targets, alphas, batch):
-    """s(alpha) = sum over pixels of (x - x') * dF/dx at x' + alpha (x - x'), and F, per (image, alpha)."""
+def path_scores(model, images, targets, alphas, batch, weights=None):
+    """s(alpha) = sum over pixels of (x - x') * dF/dx at x' + alpha (x - x'), and F, per (image, alpha);
+    with ``weights`` (R, len(alphas)) also the R attribution maps (x - x') * sum_j w_j dF/dx (R, N, ...)."""
     from audit.explain.ig import _balanced_batches, ig_function
 
     step = ig_function(model, "logit")
@@ -353,12 +358,20 @@ def path_scores(model, images, targets, alphas, batch):
     image_of, alpha_of = np.repeat(np.arange(n), k), np.tile(alphas, n)
     s, f = np.empty(n * k), np.empty(n * k)
     baselines = np.zeros_like(images)
+    maps = None if weights is None else np.zeros((len(weights),) + images.shape)
     for rows in _balanced_batches(n * k, batch):
         ids = image_of[rows]
         grads, values = step(images[ids], baselines[ids], alpha_of[rows].astype(np.float32), targets[ids])
-        s[rows] = (grads.numpy().astype(np.float64) * images[ids]).reshape(len(rows), -1).sum(axis=1)
+        grads = grads.numpy().astype(np.float64)
+        s[rows] = (grads * images[ids]).reshape(len(rows), -1).sum(axis=1)
         f[rows] = values.numpy()
-    return s.reshape(n, k), f.reshape(n, k)
+        if maps is not None:
+            firsts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+            for r, w in enumerate(weights):
+                maps[r][ids[firsts]] += np.add.reduceat(grads * w[rows % k][:, None, None, None], firsts, axis=0)
+    if maps is not None:
+        maps *= images[None]
+    return s.reshape(n, k), f.reshape(n, k), maps
 
 
 def trapezoid(s_grid: np.ndarray, m: int) -> np.ndarray:
@@ -371,63 +384,169 @@ def relative(total: np.ndarray, delta: np.ndarray) -> np.ndarray:
     return np.abs(total - delta) / np.abs(delta)
 
 
-def run_ig_schemes(args) -> None:
-    """Completeness error vs gradient evaluations per image for each node choice; adaptive vs fixed 64 timed."""
-    from audit.explain import integrated_gradients, predict
-    from audit.explain.ig import DEFAULT_TOLERANCE, NOT_ESTIMABLE_RTOL
+def map_error(attributions: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Per image ||A - A_ref|| / ||A_ref|| (L2 over pixels): how far a map is from the converged one,
+    which completeness (one number per image) cannot show."""
+    n = len(reference)
+    diff = np.linalg.norm((attributions - reference).reshape(n, -1), axis=1)
+    return diff / np.linalg.norm(reference.reshape(n, -1), axis=1)
 
+
+def run_ig_schemes(args) -> None:
+    """Completeness error vs gradient evaluations per image for each node choice, the adaptive runs the
+    gate could use (gradients per image, steps used, worst image), their maps against a converged
+    reference, the chosen one timed against fixed 64 steps and (where importable) Xplique's IG."""
+    from audit.explain import integrated_gradients, predict
+    from audit.explain.ig import NOT_ESTIMABLE_RTOL, SCHEMES
+    from audit.runner import AuditConfig
+
+    config = AuditConfig()
+    tolerance, cap, chosen = args.ig_tolerance or config.ig_tolerance, config.ig_steps, config.ig_scheme
     model, images, what = scheme_images(args)
     targets = predict(model, images).argmax(axis=1).astype(np.int32)
-    grid = np.arange(129) / 128
+    say = functools.partial(print, flush=True)
+
+    # One pass over the union of every rule's nodes (bit-identical across rules: see test_ig_schemes).
+    rules = {(name, m): SCHEMES[name].rule(m) for name in SCHEMES for m in (8, 16, 32, 64, 128)
+             if not (name == "clenshaw-curtis" and m == 128)}  # CC 128 alone would add 64 nodes per image
+    for m in (16, 32):
+        nodes, weights = np.polynomial.legendre.leggauss(m)
+        rules[("gauss-legendre", m)] = ((nodes + 1) / 2, weights / 2)
+    alphas = np.unique(np.concatenate([a for a, _ in rules.values()]))
+    # The reference map: the trapezoid over every node of the pass (non-uniform, ~3x the nodes of 128).
+    gaps = np.diff(alphas)
+    reference_w = np.r_[gaps, 0] / 2 + np.r_[0, gaps] / 2
     start = time.perf_counter()
-    s_grid, f_grid = path_scores(model, images, targets, grid, args.batch)
-    delta = f_grid[:, -1] - f_grid[:, 0]
-    scale = np.maximum(1.0, np.maximum(np.abs(f_grid[:, -1]), np.abs(f_grid[:, 0])))
+    s_all, f_all, (reference,) = path_scores(model, images, targets, alphas, args.batch, reference_w[None])
+    grid_s = time.perf_counter() - start
+    delta = f_all[:, -1] - f_all[:, 0]
+    scale = np.maximum(1.0, np.maximum(np.abs(f_all[:, -1]), np.abs(f_all[:, 0])))
     keep = np.abs(delta) >= NOT_ESTIMABLE_RTOL * scale
+
+    def error_of(nodes, weights):
+        at = np.searchsorted(alphas, nodes)
+        assert np.array_equal(alphas[at], nodes), "a rule's node is missing from the pass"
+        return relative(s_all[:, at] @ weights, delta)
+
     rows: list[tuple[str, float, np.ndarray]] = []
-    for m in (16, 32, 64, 128):
-        rows.append((f"trapezoid {m} (nested)", m + 1, relative(trapezoid(s_grid, m), delta)))
-    for m in (16, 32, 64):
-        mid = s_grid[:, 128 // (2 * m)::128 // m].mean(axis=1)  # the midpoints of m intervals
-        rows.append((f"midpoint {m} (nested only x3)", m, relative(mid, delta)))
+    for (name, m), (nodes, weights) in rules.items():
+        nested = "not nested" if name == "gauss-legendre" else "nested"
+        rows.append((f"{name} {m} ({nested})", len(nodes), error_of(nodes, weights)))
+    uniform = alphas[np.searchsorted(alphas, np.arange(129) / 128)]
+    s_grid = s_all[:, np.searchsorted(alphas, uniform)]
     for m in (32, 64, 128):
         romberg = (4 * trapezoid(s_grid, m) - trapezoid(s_grid, m // 2)) / 3
         rows.append((f"Simpson {m} (Richardson, nested)", m + 1, relative(romberg, delta)))
-    for m in (16, 32, 64):
-        nodes, weights = np.polynomial.legendre.leggauss(m)
-        s_gl, _ = path_scores(model, images, targets, (nodes + 1) / 2, args.batch)
-        rows.append((f"Gauss-Legendre {m} (not nested)", m, relative(s_gl @ (weights / 2), delta)))
-    for tol in (0.05, 0.02, DEFAULT_TOLERANCE, 0.005):  # the adaptive rule replayed on the grid
-        used = np.full(len(images), 128)
-        for m in (64, 32, 16):
-            used = np.where(relative(trapezoid(s_grid, m), delta) <= tol, m, used)
-        errors = np.array([relative(trapezoid(s_grid[i:i + 1], int(u)), delta[i:i + 1])[0] for i, u in enumerate(used)])
-        rows.append((f"adaptive tol {tol:g} (replayed)", float((used + 1).mean()), errors))
-    grid_s = time.perf_counter() - start
+    rows.append((f"reference: trapezoid on all {len(alphas)} nodes", len(alphas), relative(s_all @ reference_w, delta)))
 
+    # The adaptive runs themselves (not replays): gradients are the rows actually computed.
     kwargs = dict(targets=targets, batch_size=args.batch)
-    adaptive = integrated_gradients(model, images, tolerance=DEFAULT_TOLERANCE, **kwargs)
-    fixed = integrated_gradients(model, images, steps=64, **kwargs)
-    rows.append((f"adaptive tol {DEFAULT_TOLERANCE:g} (run)", adaptive.gradient_evaluations / len(images),
-                 adaptive.completeness_error))
-    best = race({"fixed 64": lambda: integrated_gradients(model, images, steps=64, **kwargs),
-                 "adaptive": lambda: integrated_gradients(model, images, tolerance=DEFAULT_TOLERANCE, **kwargs)},
-                args.ig_scheme_repeats)
+    def label(scheme, lo, hi, panels=1):
+        return f"{scheme} {lo}->{hi}" + (f", {panels} panels" if panels > 1 else "")
 
-    say = functools.partial(print, flush=True)
+    runs = {"trapezoid 16->64 (old gate)": dict(scheme="trapezoid", min_steps=16, max_steps=64, panels=1)}
+    for scheme, lo, hi, panels in (("trapezoid", 16, 128, 1), ("trapezoid", 16, 128, 4), ("clenshaw-curtis", 16, 128, 1),
+                                   ("graded", 8, 128, 1), ("graded", 16, 64, 1), ("graded", 16, 128, 1),
+                                   ("graded", 16, 128, 2), ("graded", 16, 64, 4), ("graded", 16, 128, 4),
+                                   ("graded", 16, 128, 8)):
+        runs[label(scheme, lo, hi, panels)] = dict(scheme=scheme, min_steps=lo, max_steps=hi, panels=panels)
+    gate = dict(scheme=chosen, min_steps=config.ig_min_steps, max_steps=cap, panels=config.ig_panels)
+    gate_label = next((name for name, kw in runs.items() if kw == gate),
+                      label(chosen, config.ig_min_steps, cap, config.ig_panels))
+    runs[gate_label + " (gate)"] = runs.pop(gate_label, gate)
+    gate_label += " (gate)"
+    results = {label: integrated_gradients(model, images, tolerance=tolerance, **kw, **kwargs) for label, kw in runs.items()}
+    fixed = integrated_gradients(model, images, steps=64, **kwargs)
+
     say(f"\nIG schemes: {what}; F = logit, black baseline, {keep.sum()} of {len(images)} images estimable "
-        f"(grid pass {grid_s:.0f} s)")
-    say(f"  {'scheme':38s} {'grads/img':>9s} {'median err':>10s} {'p95 err':>9s} {'max err':>9s}")
+        f"(pass over {len(alphas)} nodes per image: {grid_s:.0f} s)")
+    say(f"  {'scheme':40s} {'grads/img':>9s} {'median err':>10s} {'p95 err':>9s} {'max err':>9s}")
     for name, cost, errors in rows:
         e = errors[keep & np.isfinite(errors)]
-        say(f"  {name:38s} {cost:9.1f} {np.median(e):10.2%} {np.percentile(e, 95):9.2%} {e.max():9.2%}")
-    counts = {int(m): int((adaptive.steps_used == m).sum()) for m in np.unique(adaptive.steps_used)}
-    say(f"  adaptive default (tolerance {DEFAULT_TOLERANCE:g}): {adaptive.gradient_evaluations / len(images):.1f} "
-        f"gradients per image vs {fixed.gradient_evaluations / len(images):.0f} fixed; images per final step count "
-        f"{counts}; {int(adaptive.converged.sum())} of {len(images)} converged")
-    (fw, fc), (aw, ac) = best["fixed 64"], best["adaptive"]
-    say(f"  time adaptive / fixed 64: {aw / fw:.2f} wall ({aw:.2f} s vs {fw:.2f} s), {ac / fc:.2f} CPU "
-        f"(best of {args.ig_scheme_repeats} interleaved rounds, {len(images)} images, batch {args.batch})")
+        say(f"  {name:40s} {cost:9.1f} {np.median(e):10.2%} {np.percentile(e, 95):9.2%} {e.max():9.2%}")
+    say(f"\n  adaptive to tolerance {tolerance:g} (every image doubles until its error <= tolerance or the cap);"
+        f" map err = ||A - A_ref|| / ||A_ref||, A_ref the reference above")
+    say(f"  {'run':34s} {'grads/img':>9s} {'x fixed 64':>10s} {'median err':>10s} {'p95 err':>8s} {'max err':>8s} "
+        f"{'not conv':>8s} {'map err med/max':>16s}  images per final steps")
+    fixed_cost = fixed.gradient_evaluations / len(images)
+    for label, result in [*results.items(), ("fixed trapezoid 64", fixed)]:
+        e = result.completeness_error[keep]
+        maps = map_error(result.attributions.astype(np.float64), reference)[keep]
+        counts = {int(m): int((result.steps_used == m).sum()) for m in np.unique(result.steps_used)}
+        cost = result.gradient_evaluations / len(images)
+        not_converged = int((keep & ~(result.completeness_error <= tolerance)).sum())
+        say(f"  {label:34s} {cost:9.1f} {cost / fixed_cost:10.2f} {np.median(e):10.2%} {np.percentile(e, 95):8.2%} "
+            f"{e.max():8.2%} {not_converged:8d} {np.median(maps):7.2%}/{maps.max():7.2%}  {counts}")
+
+    gate_result = results[gate_label]
+    within = [m for m in (16, 32, 64, 128) if (relative(trapezoid(s_grid, m), delta)[keep] <= tolerance).all()]
+    say(f"  every image within {tolerance:g} with fixed equal steps (Xplique's rule: m + 1 points): "
+        + (f"first at {within[0]} intervals of 16/32/64/128 ({within[0] + 1} gradients per image, "
+           f"{(within[0] + 1) / (gate_result.gradient_evaluations / len(images)):.1f}x the gate IG's)" if within
+           else "not even at 128 intervals"))
+    contenders = {"fixed 64": lambda: integrated_gradients(model, images, steps=64, **kwargs),
+                  "gate IG": lambda: integrated_gradients(model, images, tolerance=tolerance, **gate, **kwargs)}
+    best = race(contenders, args.ig_scheme_repeats)
+    (fw, fc), (aw, ac) = best["fixed 64"], best["gate IG"]
+    say(f"  time gate IG ({chosen}, tolerance {tolerance:g}) / fixed trapezoid 64: {aw / fw:.2f} wall ({aw:.2f} s vs "
+        f"{fw:.2f} s), {ac / fc:.2f} CPU (best of {args.ig_scheme_repeats} interleaved rounds, {len(images)} images, "
+        f"batch {args.batch})")
+    xplique_match(model, images, targets, gate_result, dict(tolerance=tolerance, **gate), keep, args, say)
+
+
+def xplique_match(model, images, targets, ours, gate: dict, keep, args, say) -> None:
+    """Xplique's IntegratedGradients (trapezoid, P points) on the same logit, images and batch: the
+    fewest points whose median completeness error is at most ours (and the most that is still worse),
+    then both timed against our gate IG, interleaved."""
+    from audit.explain import integrated_gradients
+    from audit.explain.layers import logit_model
+
+    try:
+        from xplique.attributions import IntegratedGradients
+    except Exception as exc:
+        say(f"  Xplique: not importable ({type(exc).__name__}: {short(exc)}); run under .venv-bench "
+            "(benchmarks/requirements-bench.txt)")
+        return
+    logits = logit_model(model)
+    onehot = np.eye(logits.outputs[0].shape[-1], dtype=np.float32)[targets]
+    target_median = float(np.median(ours.completeness_error[keep]))
+    explainers, medians = {}, {}
+
+    def measure(points: int) -> float:
+        explainer = IntegratedGradients(logits, batch_size=args.batch, steps=points, baseline_value=0.0)
+        explainers[points] = lambda: np.asarray(explainer.explain(images, onehot))
+        sums = explainers[points]().reshape(len(images), -1).sum(axis=1)
+        errors = relative(sums, ours.delta)[keep]
+        medians[points] = (float(np.median(errors)), float(errors.max()))
+        say(f"  Xplique IG {points:3d} points: median error {medians[points][0]:.2%}, max {medians[points][1]:.2%}")
+        return medians[points][0]
+
+    # Xplique's P points are our trapezoid with P - 1 intervals; bisect P (median error falls with P,
+    # though not strictly on a kinked integrand: the search stops at the first P that meets ours).
+    lo, hi = 9, 65
+    while measure(hi) > target_median and hi < 513:
+        lo, hi = hi, 2 * hi - 1
+    while hi - lo > 4:
+        mid = (lo + hi) // 2
+        if measure(mid) <= target_median:
+            hi = mid
+        else:
+            lo = mid
+    worse = max((p for p in medians if medians[p][0] > target_median), default=None)
+    say(f"  ours (gate IG): median error {target_median:.2%}, max {ours.completeness_error[keep].max():.2%}, "
+        f"{ours.gradient_evaluations / len(images):.1f} gradients per image; Xplique matches the median at {hi} points"
+        + (f" (still worse at {worse})" if worse else ""))
+    kwargs = dict(targets=targets, batch_size=args.batch)
+    contenders = {"ours": lambda: integrated_gradients(model, images, **gate, **kwargs),
+                  f"xplique {hi}": explainers[hi]}
+    if worse:
+        contenders[f"xplique {worse}"] = explainers[worse]
+    best = race(contenders, args.ig_scheme_repeats)
+    ow, oc = best["ours"]
+    for name, (w, c) in best.items():
+        if name != "ours":
+            say(f"  time {name} points / ours: {w / ow:.2f} wall ({w:.2f} s vs {ow:.2f} s), {c / oc:.2f} CPU "
+                f"(best of {args.ig_scheme_repeats} interleaved rounds, {len(images)} images, batch {args.batch})")
 
 
 def summarise(table: Table, backbones: list[str], steps: int) -> None:

@@ -256,7 +256,8 @@ def _run_section(config, run) -> dict:
             "command": " ".join(["pytest", *sys.argv[1:]]) if sys.argv else None,
             "timings": {k: round(v, 3) for k, v in run.timings.items()}, "errors": run.errors,
             "plan": run.plan, "sample_sizes": {k: getattr(run.config, k) for k in (
-                "gradcam_images", "ig_images", "ig_steps", "ig_tolerance", "stability_images", "stability_draws",
+                "gradcam_images", "ig_images", "ig_steps", "ig_tolerance", "ig_scheme", "ig_min_steps", "ig_panels",
+                "stability_images", "stability_draws",
                 "faithfulness_images", "faithfulness_steps", "randomization_images")}}
 
 

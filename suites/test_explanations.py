@@ -53,9 +53,10 @@ def test_integrated_gradients_converged(gate, run):
     summary = run.convergence.summary
     ig = run.ig
     steps = getattr(ig, "steps_used", None)
-    effort = (f"adaptive to {run.config.ig_tolerance:g}: {np.mean(steps):.0f} intervals per image on average, "
-              f"at most {run.config.ig_steps}" if run.config.ig_tolerance and steps is not None
-              else f"{run.config.ig_steps} intervals")
+    scheme = getattr(ig, "scheme", "trapezoid")
+    effort = (f"adaptive {scheme} to {run.config.ig_tolerance:g}: {np.mean(steps):.0f} intervals per image on "
+              f"average, at most {run.config.ig_steps}" if run.config.ig_tolerance and steps is not None
+              else f"{run.config.ig_steps} {scheme} intervals")
     gate.check("explanations.ig_completeness_error", summary["median"],
                detail=f"{effort}; {summary['n']} images with an estimable F(x) - F(x')")
 

@@ -13,7 +13,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 DEVICE_KINDS = ("cpu", "gpu", "mps")
-# section -> key -> kind: "rule" (one {min|max}), "by_sigma", "by_device", or a Python type for settings.
+# section -> key -> kind: "rule" (one {min|max}), "by_sigma", "by_device", "ig_scheme" (a name in
+# audit.explain.ig.SCHEMES), or a Python type for settings.
 SCHEMA: dict[str, dict[str, object]] = {
     "gate": {"fail_on_warn": bool},
     "performance": {k: "rule" for k in ("accuracy", "balanced_accuracy", "macro_f1", "per_class_recall", "ece")},
@@ -33,6 +34,7 @@ SCHEMA: dict[str, dict[str, object]] = {
     "audit": {"gradcam_images": int, "ig_images": int, "ig_steps": int, "stability_images": int,
               "stability_draws": int, "faithfulness_images": int, "faithfulness_steps": int,
               "randomization_images": int, "gallery_per_class": int, "batch_size": int,
+              "ig_scheme": "ig_scheme", "ig_min_steps": int, "ig_panels": int,
               "randomization_gate_fraction": "share", "min_mask_share": "share", "ig_tolerance": "share",
               "budget_minutes": float},
 }
@@ -160,6 +162,11 @@ def load_thresholds(path: str | Path | None = None) -> Thresholds:
                     raise AlzAuditError(f"{path}: '{section}.{key}' must be a share in [0, 1], got {value!r}")
                 if kind is int and value < 0:
                     raise AlzAuditError(f"{path}: '{section}.{key}' must be >= 0, got {value}")
+            elif kind == "ig_scheme":
+                from audit.explain.ig import SCHEMES
+
+                if not isinstance(value, str) or value not in SCHEMES:
+                    raise AlzAuditError(f"{path}: '{section}.{key}' must be one of {', '.join(SCHEMES)}, got {value!r}")
             elif kind == "by_sigma":
                 if not isinstance(value, dict):
                     raise AlzAuditError(f"{path}: '{section}.{key}' must map noise levels to rules")

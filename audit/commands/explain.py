@@ -24,7 +24,9 @@ def register(top, data) -> None:
     p.add_argument("--input-scale", type=float, choices=[255.0, 1.0], default=255.0,
                    help="pixel range the model expects: 255 (raw, the project's convention) or 1 (divided by 255)")
     p.add_argument("--size", type=int, help="input size for models without a fixed one")
-    p.add_argument("--steps", type=int, default=32, help="IG: Riemann-sum steps (default 32)")
+    p.add_argument("--steps", type=int, default=32, help="IG: intervals of the path quadrature (default 32)")
+    p.add_argument("--ig-scheme", default="trapezoid", choices=["trapezoid", "graded", "clenshaw-curtis"],
+                   help="IG nodes: equal steps (default), graded (denser near the baseline) or Clenshaw-Curtis")
     p.add_argument("--baseline", default="black", choices=["black", "blur"], help="IG baseline (default black)")
     p.add_argument("--colormap", default="jet", help="OpenCV colormap name (default jet)")
     p.add_argument("--alpha", type=float, default=0.4, help="heatmap opacity in [0, 1] (default 0.4)")
@@ -132,7 +134,8 @@ def _explain_all(model, paths, originals, args) -> int:
             errors = [None] * len(images)
             if args.method == "ig":
                 result = integrated_gradients(model, images, targets, steps=args.steps, baseline=args.baseline,
-                                              batch_size=max(args.batch_size, args.steps + 1))
+                                              batch_size=max(args.batch_size, args.steps + 1),
+                                              scheme=args.ig_scheme)
                 maps, explained, errors = result.heatmaps, result.targets, list(result.completeness_error)
             else:
                 maps, explained = class_activation_maps(model, images, targets, method=args.method,
