@@ -31,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 
-from audit.commands.demo import DEMO_RATIOS, DEMO_SUBJECTS
 from model.classes import CLASSES
 from model.evaluate_run import evaluate_model
 from model.manifest import load_dataset, write_manifest
@@ -40,7 +39,9 @@ from model.synth import synthesize_cohort
 from model.train import TrainConfig, train
 
 RECORD = Path(__file__).resolve().parents[1] / "reports" / "reference" / "honest_evaluation.json"
-NEW_COHORT_SEED_OFFSET = 1000  # the unseen cohort: same generator, subjects drawn with another seed
+NEW_COHORT_SEED_OFFSET = 1000
+SUBJECTS = 100
+RATIOS = (0.6, 0.2, 0.2)  # train/val/test, for the slice-level and the subject-level split alike  # the unseen cohort: same generator, subjects drawn with another seed
 
 
 def random_subject_labels(manifest, seed: int):
@@ -64,7 +65,7 @@ def _score(metrics: dict) -> dict:
 
 
 def run_one(name: str, labels: str, group: str, manifest, unseen_csv: Path | None, args, out: Path) -> dict:
-    split, _ = split_manifest(manifest, DEMO_RATIOS, seed=args.seed, group=group)
+    split, _ = split_manifest(manifest, RATIOS, seed=args.seed, group=group)
     csv = write_manifest(split, out / f"{name}.csv")
     run_dir = out / name
     started = time.time()
@@ -91,7 +92,7 @@ def _fmt(score: dict | None) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--subjects", type=int, default=DEMO_SUBJECTS)
+    parser.add_argument("--subjects", type=int, default=SUBJECTS)
     parser.add_argument("--slices", type=int, default=16, help="slices per subject (1.2 mm apart, as in exports)")
     parser.add_argument("--epochs", type=int, default=40, help="long enough to fit the training split")
     parser.add_argument("--input-size", type=int, default=96)
@@ -130,7 +131,7 @@ def main() -> None:
     result = {
         "experiment": "benchmarks/honest_evaluation.py", "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "date": _dt.date.today().isoformat(), "machine": f"{platform.machine()}, {platform.system()}",
-        "recipe": {"backbone": "small", "input_size": args.input_size, "epochs": args.epochs, "ratios": list(DEMO_RATIOS)},
+        "recipe": {"backbone": "small", "input_size": args.input_size, "epochs": args.epochs, "ratios": list(RATIOS)},
         "cohort": {"subjects": args.subjects, "slices_per_subject": args.slices, "seed": args.seed,
                    "new_subjects": args.new_subjects, "options": "defaults of alzaudit data synth"},
         "rows": rows, "inflation_points": round(100 * inflation, 1), "cis_overlap": overlap,
