@@ -39,9 +39,9 @@ from model.synth import synthesize_cohort
 from model.train import TrainConfig, train
 
 RECORD = Path(__file__).resolve().parents[1] / "reports" / "reference" / "honest_evaluation.json"
-NEW_COHORT_SEED_OFFSET = 1000
+NEW_COHORT_SEED_OFFSET = 1000  # the unseen cohort: same generator, subjects drawn with another seed
 SUBJECTS = 100
-RATIOS = (0.6, 0.2, 0.2)  # train/val/test, for the slice-level and the subject-level split alike  # the unseen cohort: same generator, subjects drawn with another seed
+RATIOS = (0.6, 0.2, 0.2)  # train/val/test, for the slice-level and the subject-level split alike
 
 
 def random_subject_labels(manifest, seed: int):
