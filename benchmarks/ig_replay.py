@@ -46,7 +46,9 @@ def replay(grid: dict, scheme: str, panels: int, lo: int, hi: int, tol: float) -
     """(gradients per image, worst completeness error, images not within tol) of the adaptive rule."""
     phi, dphi = MAPS[scheme]
     t = np.arange(GRID + 1) / GRID
-    at = np.searchsorted(grid["alphas"], phi(t))
+    at = np.minimum(np.searchsorted(grid["alphas"], phi(t)), len(grid["alphas"]) - 1)
+    if not np.array_equal(grid["alphas"][at], phi(t)):
+        raise ValueError(f"the grid lacks the {scheme} nodes")
     s, f, weight = grid["s"][:, at], grid["f"][:, at], dphi(t)
     delta = f[:, -1] - f[:, 0]
     width = GRID // panels
