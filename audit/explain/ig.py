@@ -106,7 +106,8 @@ def integrated_gradients(model, images, targets=None, *, baseline="black", steps
     per image: ``min_steps`` intervals first, then doubling (reusing every gradient) while the image's
     error exceeds the tolerance, up to the largest ``min_steps * 2**k <= max_steps`` (default
     ``max(steps, 128)``). An image whose delta is not estimable stops at ``min_steps``, since more
-    steps cannot make it estimable. The result at ``steps_used[i]`` equals fixed-steps IG at that count.
+    steps cannot make it estimable. With one panel the result at ``steps_used[i]`` equals fixed-steps IG
+    at that count.
 
     ``panels`` (adaptive only; trapezoid or graded) splits the path into equal pieces in the rule's own
     variable (t, with alpha = t^2 for graded: two panels meet at alpha = 1/4) that double independently.
