@@ -18,7 +18,7 @@ MIN_IMAGES = 16          # below this the skill CIs are too wide to say anything
 FAITHFULNESS_ORDERS = 5  # Grad-CAM + four control maps, each a deletion and an insertion curve
 # Adaptive IG's gradient rows per image at the gate's settings (tolerance 0.05, min_steps 16, at most 128,
 # 4 panels; Clenshaw–Curtis 1 panel), by scheme: the largest mean over five demo-recipe models
-# (IG_NOTES.md; graded 23.1–30.1, trapezoid 27.5–42.2, Clenshaw–Curtis 37–49), rounded up.
+# (docs/ig_measurements.md; graded 23.1–30.1, trapezoid 27.5–42.2, Clenshaw–Curtis 37–49), rounded up.
 # Fixed steps: steps + 1.
 IG_ROWS_PER_IMAGE = {"graded": 32, "trapezoid": 44, "clenshaw-curtis": 50}
 RANDOMIZATION_STAGES = 6
