@@ -219,7 +219,8 @@ def split_story(audit: dict[str, Any]) -> dict[str, Any]:
         kind = "leaky"
     else:
         how = ("Subject-level: every subject's slices are in one split only ("
-               + ", ".join(f"{fmt(n)} {name}" for name, n in per_split.items()) + " subjects; none shared).")
+               + ", ".join(f"{fmt(per_split[name])} {name}" for name in _ordered(list(per_split), SPLIT_ORDER))
+            + " subjects; none shared).")
         kind = "subject"
     ref = _reference_experiment()
     reference = None
