@@ -51,3 +51,19 @@ def make_oasis_like(root: Path, subjects_per_class: int = 4, slices: int = 3, se
 @pytest.fixture(scope="session")
 def oasis_dir(tmp_path_factory) -> Path:
     return make_oasis_like(tmp_path_factory.mktemp("oasis"))
+
+
+@pytest.fixture(scope="module")
+def tanh_model():
+    """logit_0 = tanh(mean(x)) = -logit_1: along the black-baseline path to a constant image of value U
+    every pixel's gradient is sech^2(U alpha) / 16, sharper (harder to integrate) near alpha = 0 as U grows.
+    Shared by the IG tests of test_explainers and test_ig_schemes."""
+    import keras
+    import numpy as np
+
+    hidden = keras.layers.Dense(1, activation="tanh", name="hidden")
+    head = keras.layers.Dense(2, activation="softmax", name="predictions")
+    model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(), hidden, head], name="tanh")
+    hidden.set_weights([np.full((16, 1), 1 / 16, np.float32), np.zeros(1, np.float32)])
+    head.set_weights([np.array([[1.0, -1.0]], np.float32), np.zeros(2, np.float32)])
+    return model

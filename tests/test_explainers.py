@@ -304,18 +304,6 @@ def test_ig_default_output_is_the_logit_grad_cam_differentiates(small, small_ima
     assert probability.output == "probability" and not np.allclose(probability.delta, expected)
 
 
-@pytest.fixture(scope="module")
-def tanh_model():
-    """logit_0 = tanh(mean(x)) = -logit_1: along the black-baseline path to a constant image of value U
-    the integrand is U sech^2(U alpha), which gets sharper, so harder to integrate, as U grows."""
-    hidden = keras.layers.Dense(1, activation="tanh", name="hidden")
-    head = keras.layers.Dense(2, activation="softmax", name="predictions")
-    model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(), hidden, head], name="tanh")
-    hidden.set_weights([np.full((16, 1), 1 / 16, np.float32), np.zeros(1, np.float32)])
-    head.set_weights([np.array([[1.0, -1.0]], np.float32), np.zeros(2, np.float32)])
-    return model
-
-
 # Trapezoid relative errors of the integral of U sech^2(U alpha) at 16/32/64/128 intervals:
 # U=4: 1e-5 ..; U=20: 1e-2, 9e-6 ..; U=50: 0.59, 0.046, 1.7e-4 ..; U=200: 5.3, 2.1, 0.59, 0.046.
 DIFFICULTY = np.array([4.0, 20.0, 50.0, 200.0])

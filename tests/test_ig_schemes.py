@@ -16,18 +16,6 @@ from audit.explain.ig import SCHEMES, clenshaw_curtis_rule, graded_rule, trapezo
 from model.errors import AlzAuditError
 
 
-@pytest.fixture(scope="module")
-def tanh_model():
-    """logit_0 = tanh(mean(x)) = -logit_1: along the black-baseline path to a constant image of value U
-    every pixel's gradient is sech^2(U alpha) / 16, sharper (harder to integrate) near alpha = 0 as U grows."""
-    hidden = keras.layers.Dense(1, activation="tanh", name="hidden")
-    head = keras.layers.Dense(2, activation="softmax", name="predictions")
-    model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(), hidden, head], name="tanh")
-    hidden.set_weights([np.full((16, 1), 1 / 16, np.float32), np.zeros(1, np.float32)])
-    head.set_weights([np.array([[1.0, -1.0]], np.float32), np.zeros(2, np.float32)])
-    return model
-
-
 def constant_images(values) -> np.ndarray:
     return np.broadcast_to(np.asarray(values, np.float32)[:, None, None, None], (len(values), 4, 4, 1)).copy()
 
