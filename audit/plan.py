@@ -76,7 +76,8 @@ def plan_stages(n_images: int, config, costs: UnitCosts, n_sigmas: int) -> list[
     rows = config.ig_steps + 1
     if config.ig_tolerance:
         rows = min(rows, IG_ROWS_PER_IMAGE.get(config.ig_scheme, rows))
-    curves = FAITHFULNESS_ORDERS * 2 * (config.faithfulness_steps + 1)
+    # The curves' ends (the image, its baseline) are shared by every order: 2 passes, then the inner steps.
+    curves = FAITHFULNESS_ORDERS * 2 * (config.faithfulness_steps - 1) + 2
     noisy = n_sigmas * config.stability_draws
     return [
         StagePlan("predictions", n_images, "1 forward pass", n_images * costs.forward),

@@ -20,11 +20,35 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
+def fewer_test_subjects(manifest: Path, n_subjects: int, out: Path) -> Path:
+    """A copy of the manifest whose test split keeps the first subjects of each stage in turn (paths made
+    absolute, so the copy can live outside the data folder); train and val rows are kept."""
+    import pandas as pd
+
+    frame = pd.read_csv(manifest)
+    for column in ("path", "mask_path", "brain_mask_path"):
+        if column in frame:
+            frame[column] = [p if not isinstance(p, str) or Path(p).is_absolute() else str(manifest.parent / p)
+                             for p in frame[column]]
+    test = frame[frame["split"] == "test"]
+    per_stage = [sorted(group["subject_id"].unique()) for _, group in test.groupby("label")]
+    keep: list[str] = []
+    for rank in range(max(map(len, per_stage))):
+        keep += [subjects[rank] for subjects in per_stage if rank < len(subjects)]
+    keep = keep[:n_subjects]
+    frame = frame[(frame["split"] != "test") | frame["subject_id"].isin(keep)]
+    frame.to_csv(out, index=False)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="out/demo/data/split_manifest.csv")
     parser.add_argument("--budget", type=float, default=5.0, help="[audit] budget_minutes (0 = the default sizes)")
     parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--test-subjects", type=int, default=20,
+                        help="gate this many test subjects, balanced over the stages (0 = the whole test split); "
+                             "20 x 8 slices = the 160 test images the issue's budget was set on")
     args = parser.parse_args()
     if not Path(args.data).is_file():
         print(f"bench_resnet50_gate: {args.data} not found; run `make demo` first or pass --data (not run)")
@@ -35,6 +59,8 @@ def main() -> int:
     from suites.thresholds import load_thresholds
 
     work = Path(tempfile.mkdtemp(prefix="alzaudit-r50-"))
+    if args.test_subjects:
+        args.data = str(fewer_test_subjects(Path(args.data), args.test_subjects, work / "split_manifest.csv"))
     model_path = save_probe(untrained_model(args.size, backbone="resnet50", seed=0), work / "resnet50.keras")
     settings = dict(load_thresholds().settings, budget_minutes=args.budget)
     run = AuditRun(model_path, args.data, work / "audit", AuditConfig.from_settings(settings, cache=False))

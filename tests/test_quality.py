@@ -12,6 +12,7 @@ from audit.quality import (MetricResult, agreement, cascading_randomization, con
 from audit.quality.agreement import to_grid, top_region
 from audit.quality.base import normalize_maps, spearman_rows, ssim_pairs
 from audit.quality.randomization import randomization_groups
+from audit.quality.faithfulness import blurred_baseline
 from model.errors import AlzAuditError
 
 SIZE = 32
@@ -279,7 +280,8 @@ def test_faithfulness_rewards_the_right_region(region_data):
         return region_model(batch)
 
     good = faithfulness(predict, x, right, targets, steps=16, blur_sigma=6.0, batch_size=40)
-    assert max(seen) <= 40 and sum(seen) == 6 * 4 * 17  # every step, heat + random, del + ins
+    # every inner step of heat + random, del + ins; the curves' shared ends (image, baseline) once per image
+    assert max(seen) <= 40 and sum(seen) == 6 * (4 * 15 + 2)
     assert good["deletion_gain"].mean > 0.1 and good["insertion_gain"].mean > 0.1
     assert good["deletion_auc"].mean < good["deletion_auc_random"].mean
     bad = faithfulness(region_model, x, wrong, targets, steps=16, blur_sigma=6.0)
@@ -287,6 +289,10 @@ def test_faithfulness_rewards_the_right_region(region_data):
     curves = good["curves"]
     assert len(curves["fraction"]) == 17 and curves["fraction"][0] == 0 and curves["fraction"][-1] == 1
     assert curves["deletion"][0] == pytest.approx(curves["insertion"][-1])  # both are the untouched image
+    assert curves["deletion"][-1] == pytest.approx(curves["insertion"][0])  # both are the baseline
+    # The shared ends are what a step-by-step stack of every order would have computed.
+    blurred = region_model(blurred_baseline(x, 6.0))[:, 1].mean()
+    assert curves["insertion"][0] == pytest.approx(blurred) and curves["insertion_random"][0] == pytest.approx(blurred)
     assert good["deletion_gain"].higher_is_better and not good["deletion_auc"].higher_is_better
 
 

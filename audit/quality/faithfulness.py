@@ -92,17 +92,26 @@ def faithfulness(predict_fn: Callable[[np.ndarray], np.ndarray], images: np.ndar
     base = blurred_baseline(x, blur_sigma)
 
     curves = np.empty((n, n_orders, 2, steps + 1), dtype=np.float64)  # (image, order, deletion/insertion, step)
-    chunk = max(1, (8 * batch_size) // (2 * n_orders * (steps + 1)))
+    # Both ends of every curve are the image itself or its baseline, whatever the order: they go through the
+    # model once per image, and only the steps in between are stacked per order and curve.
+    inner = counts[1:-1]
+    per_image = 2 * n_orders * len(inner) + 2
+    chunk = max(1, (8 * batch_size) // per_image)
     for s in range(0, n, chunk):
         xi, bi, ri = x[s:s + chunk], base[s:s + chunk], ranks[s:s + chunk]
         k = len(xi)
-        moved = (ri[:, :, None, :] < counts[None, None, :, None]).reshape(k, n_orders, 1, steps + 1, h, w, 1)
+        moved = (ri[:, :, None, :] < inner[None, None, :, None]).reshape(k, n_orders, 1, len(inner), h, w, 1)
         xi6, bi6 = xi[:, None, None, None], bi[:, None, None, None]
         # deletion: moved pixels come from the baseline; insertion: moved pixels come from the image.
         stack = np.concatenate([np.where(moved, bi6, xi6), np.where(moved, xi6, bi6)], axis=2)
-        probs = predict_in_batches(predict_fn, stack.reshape((-1, h, w, c)), batch_size)
-        probs = probs.reshape(k, n_orders, 2, steps + 1, -1)
-        curves[s:s + k] = np.take_along_axis(probs, tgt[s:s + k].reshape(k, 1, 1, 1, 1), axis=-1)[..., 0]
+        probs = predict_in_batches(predict_fn, np.concatenate([stack.reshape((-1, h, w, c)), xi, bi]), batch_size)
+        wanted = tgt[s:s + k]
+        at_image = probs[-2 * k:-k][np.arange(k), wanted][:, None]
+        at_base = probs[-k:][np.arange(k), wanted][:, None]
+        middle = probs[:-2 * k].reshape(k, n_orders, 2, len(inner), -1)
+        curves[s:s + k, :, :, 1:-1] = np.take_along_axis(middle, wanted.reshape(k, 1, 1, 1, 1), axis=-1)[..., 0]
+        curves[s:s + k, :, 0, 0], curves[s:s + k, :, 0, -1] = at_image, at_base  # deletion: image -> baseline
+        curves[s:s + k, :, 1, 0], curves[s:s + k, :, 1, -1] = at_base, at_image  # insertion: baseline -> image
 
     if scale_by_spread:
         # Scores (e.g. logits) have no common unit across images: express each image's curves as a share
