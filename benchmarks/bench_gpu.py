@@ -4,6 +4,10 @@
     python benchmarks/bench_gpu.py --size 64 --images 16 --batch 8 --ig-images 4 \
         --subjects 12 --max-seconds 170                                     # CPU smoke test, < 3 minutes
 
+It needs TensorFlow with CUDA where it runs (``pip install -e ".[cuda]"``). The project's lent H200 image
+holds PyTorch and JAX but no TensorFlow, and the TensorFlow wheel is far larger than what a device call can
+carry (64 MiB), so as of 2026-12-02 the script has run on CPUs only (``docs/measurements.md``).
+
 Built for a lent NVIDIA H200 that starts bare from a copy of the repository: it builds everything itself —
 a random-weight ResNet50 at ``--size`` (224; ImageNet weights cannot be downloaded there, and the cost is
 the same) and its images: the test split of ``--data`` when given, else a small cohort written here (the
