@@ -11,8 +11,8 @@ from audit.quality import (MetricResult, agreement, cascading_randomization, con
                            independent_randomization, localization, passes_sanity, stability, to_jsonable)
 from audit.quality.agreement import to_grid, top_region
 from audit.quality.base import normalize_maps, spearman_rows, ssim_pairs
-from audit.quality.randomization import randomization_groups
 from audit.quality.faithfulness import blurred_baseline
+from audit.quality.randomization import randomization_groups
 from model.errors import AlzAuditError
 
 SIZE = 32
