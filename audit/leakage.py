@@ -53,6 +53,7 @@ from audit.hashing import (CANON_SIZE, CONFIRM_SIZE, FLIP_NAMES, MATCH_BAND, POS
 from model.classes import CLASSES
 from model.errors import AlzAuditError
 from model.manifest import KAGGLE_SOURCES, SPLIT_NAMES, Manifest, Sample
+from model.splits import subjects_by_split
 
 DEFAULT_MAX_DISTANCE = 16
 DEFAULT_SSIM_MIN = 0.5
@@ -701,10 +702,7 @@ def _cross_label_rows(data: ImageData, options: dict) -> list[dict]:
 
 
 def _subject_overlap(samples: list[Sample]) -> dict:
-    by_split: dict[str, set] = defaultdict(set)
-    for s in samples:
-        if s.subject_id and s.split:
-            by_split[s.split].add(s.subject_id)
+    by_split = subjects_by_split(samples)
     out = {}
     for q_split, r_split in SPLIT_PAIRS:
         if q_split in by_split and r_split in by_split:

@@ -939,12 +939,9 @@ def _layer_summary(model) -> str:
 
 def split_grouping(manifest: Manifest) -> dict:
     """How the split keeps subjects apart: subjects per split and those found in more than one split."""
-    from model.splits import subject_overlap
+    from model.splits import subject_overlap, subjects_by_split
 
-    per_split: dict[str, set] = {}
-    for s in manifest.samples:
-        if s.subject_id and s.split:
-            per_split.setdefault(s.split, set()).add(s.subject_id)
+    per_split = subjects_by_split(manifest.samples)
     shared = {pair: len(ids) for pair, ids in subject_overlap(manifest).items()}
     return {"subjects_known": manifest.subjects_known, "subjects_per_split": {k: len(v) for k, v in per_split.items()},
             "shared_subjects": shared, "subject_level": bool(per_split) and not shared}

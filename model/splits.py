@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass, replace
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
 from model.classes import CLASSES
 from model.errors import AlzAuditError
-from model.manifest import SPLIT_NAMES, Manifest
+from model.manifest import SPLIT_NAMES, Manifest, Sample
 
 DEFAULT_RATIOS = (0.7, 0.15, 0.15)
 NO_SUBJECTS_WARNING = (
@@ -117,12 +117,18 @@ def _allocate(n: int, ratios: Sequence[float]) -> list[str]:
     return out
 
 
-def subject_overlap(manifest: Manifest) -> dict[str, list[str]]:
-    """Subjects present in more than one split: ``{"train-test": [ids…], …}`` (known IDs only)."""
-    by_split: dict[str, set] = defaultdict(set)
-    for s in manifest.samples:
+def subjects_by_split(samples: Iterable[Sample]) -> dict[str, set[str]]:
+    """The known subject IDs of each split: ``{"train": {ids…}, …}`` (samples without an ID or split skipped)."""
+    by_split: dict[str, set[str]] = defaultdict(set)
+    for s in samples:
         if s.subject_id and s.split:
             by_split[s.split].add(s.subject_id)
+    return dict(by_split)
+
+
+def subject_overlap(manifest: Manifest) -> dict[str, list[str]]:
+    """Subjects present in more than one split: ``{"train-test": [ids…], …}`` (known IDs only)."""
+    by_split = subjects_by_split(manifest.samples)
     out = {}
     names = [n for n in SPLIT_NAMES if n in by_split]
     for i, a in enumerate(names):
