@@ -83,6 +83,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from audit.tflog import quiet_tensorflow  # noqa: E402
+from model.fileio import atomic_write_text  # noqa: E402
 
 quiet_tensorflow(level=1)  # TensorFlow's start-up INFO lines go; its warnings stay (they say why no GPU was found)
 
@@ -180,10 +181,7 @@ class Report:
 
     def save(self) -> None:
         self.data["elapsed_s"] = round(Clock.elapsed(), 2)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(self.data, indent=2, default=_jsonable) + "\n")
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, json.dumps(self.data, indent=2, default=_jsonable) + "\n")
 
 
 def _jsonable(value: Any) -> Any:

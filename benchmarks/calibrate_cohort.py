@@ -12,7 +12,6 @@ fall between neighbouring stages, and the confusion matrix, and writes calibrati
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import numpy as np
 
 from audit.commands.demo import DEMO_EPOCHS, DEMO_INPUT, DEMO_RATIOS, DEMO_SLICES, DEMO_SUBJECTS
 from model.evaluate_run import evaluate_model
+from model.fileio import atomic_write_json
 from model.manifest import load_dataset, write_manifest
 from model.splits import split_manifest
 from model.synth import synthesize_cohort
@@ -83,7 +83,7 @@ def main() -> None:
     print(f"mean balanced accuracy {np.mean(scores):.3f} (min {min(scores):.3f}, max {max(scores):.3f})")
     path = Path(args.out) / "calibration.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
+    atomic_write_json(path, {"args": vars(args), "rows": rows})
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import platform
 import sys
 import time
@@ -33,6 +32,7 @@ import numpy as np
 
 from model.classes import CLASSES
 from model.evaluate_run import evaluate_model
+from model.fileio import atomic_write_json
 from model.manifest import load_dataset, write_manifest
 from model.splits import split_manifest, subject_overlap
 from model.synth import synthesize_cohort
@@ -136,10 +136,9 @@ def main() -> None:
                    "new_subjects": args.new_subjects, "options": "defaults of alzaudit data synth"},
         "rows": rows, "inflation_points": round(100 * inflation, 1), "cis_overlap": overlap,
     }
-    (out / "honest_evaluation.json").write_text(json.dumps(result, indent=2))
+    atomic_write_json(out / "honest_evaluation.json", result)
     if args.record:
-        RECORD.parent.mkdir(parents=True, exist_ok=True)
-        RECORD.write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_json(RECORD, result)
         print(f"recorded: {RECORD}")
 
 
