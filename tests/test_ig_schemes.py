@@ -8,7 +8,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-
 from audit.explain import integrated_gradients
 from audit.explain import ig as ig_module
 from audit.explain.ig import SCHEMES, clenshaw_curtis_rule, graded_rule, trapezoid_rule
