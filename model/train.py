@@ -19,12 +19,13 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from model import distribute
 from model.classes import CLASSES
-from model.errors import AlzAuditError
+from model.errors import AlzAuditError, ParameterError
 from model.fileio import atomic_path, atomic_write_json
 from model.manifest import Manifest, load_dataset, write_manifest
 
@@ -71,7 +72,7 @@ class TrainConfig:
             except ValueError:
                 self.plan = []
             if not self.plan or any(p not in (1, 2) for p in self.plan):
-                raise AlzAuditError(f"--phases: '{self.phases}' (use auto, 1, 2 or 1,2)")
+                raise ParameterError("phases", f"'{self.phases}' (use auto, 1, 2 or 1,2)")
             self.plan_reason = f"phases set by --phases {self.phases}"
 
 
@@ -138,7 +139,7 @@ def class_weights(labels: np.ndarray, mode: str | None) -> dict | None:
     if mode in (None, "none"):
         return None
     if mode != "balanced":
-        raise AlzAuditError(f"--class-weight: '{mode}' (use balanced or none)")
+        raise ParameterError("class_weight", f"'{mode}' (use balanced or none)")
     from sklearn.utils.class_weight import compute_class_weight
 
     present = np.unique(labels)
@@ -146,10 +147,13 @@ def class_weights(labels: np.ndarray, mode: str | None) -> dict | None:
     return {int(c): float(w) for c, w in zip(present, weights)}
 
 
-def prepare_split(config: TrainConfig, run_dir: Path, read_dir: Path | None = None) -> Manifest:
+def prepare_split(config: TrainConfig, run_dir: Path, read_dir: Path | None = None, *,
+                  group_by: Callable[[Manifest], list] | None = None) -> Manifest:
     """The manifest this run trains on, split subject-aware when needed, saved into the run folder.
 
-    ``read_dir``: where a saved split is looked for first (a worker resuming reads the chief's folder)."""
+    ``read_dir``: where a saved split is looked for first (a worker resuming reads the chief's folder).
+    ``group_by``: with ``group="pseudo"``, the function giving each sample its pseudo-subject (the
+    application passes ``audit.leakage.pseudo_subjects``: the near-duplicate search lives above ``model/``)."""
     saved = Path(read_dir or run_dir) / "split_manifest.csv"
     if not saved.is_file():
         saved = run_dir / "split_manifest.csv"
@@ -163,9 +167,10 @@ def prepare_split(config: TrainConfig, run_dir: Path, read_dir: Path | None = No
 
         groups = None
         if config.group == "pseudo":
-            from audit.leakage import pseudo_subjects
-
-            groups = pseudo_subjects(manifest)
+            if group_by is None:
+                raise AlzAuditError("group: 'pseudo' needs group_by, a function giving each sample its "
+                                    "pseudo-subject (e.g. audit.leakage.pseudo_subjects)")
+            groups = group_by(manifest)
         manifest, _ = split_manifest(manifest, config.ratios, seed=config.seed, group=config.group, groups=groups)
     present = {s.label for s in manifest.samples}
     if len(present) < 2:
@@ -177,8 +182,11 @@ def prepare_split(config: TrainConfig, run_dir: Path, read_dir: Path | None = No
     return manifest
 
 
-def train(config: TrainConfig, *, resume: bool = False, console=None) -> Path:
+def train(config: TrainConfig, *, resume: bool = False, console=None,
+          group_by: Callable[[Manifest], list] | None = None) -> Path:
     """Run the plan; returns the path of the final model (``model.keras`` in the run folder).
+
+    ``group_by``: how to group samples into pseudo-subjects for ``group="pseudo"`` (see ``prepare_split``).
 
     With ``resume`` the saved configuration is used, except ``config.strategy``: the machines a run
     continues on may differ from those it started on (the global batch then changes, and is recorded).
@@ -200,12 +208,13 @@ def train(config: TrainConfig, *, resume: bool = False, console=None) -> Path:
     strategy = distribute.get_strategy(config.strategy)
     run_dir = distribute.write_dir(out_dir, strategy)   # out_dir on the chief, a temporary folder elsewhere
     try:
-        return _train(config, resume, console, strategy, out_dir, run_dir)
+        return _train(config, resume, console, strategy, out_dir, run_dir, group_by)
     finally:
         distribute.remove_write_dir(run_dir, strategy)
 
 
-def _train(config: TrainConfig, resume: bool, console, strategy, out_dir: Path, run_dir: Path) -> Path:
+def _train(config: TrainConfig, resume: bool, console, strategy, out_dir: Path, run_dir: Path,
+           group_by=None) -> Path:
     import keras
 
     from model.pipeline import load_slices
@@ -238,7 +247,7 @@ def _train(config: TrainConfig, resume: bool, console, strategy, out_dir: Path, 
         recorded.setdefault("resumed", []).append({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                                    "distribute": layout, "environment": env})
         atomic_write_json(run_dir / "config.json", recorded)
-    manifest = prepare_split(config, run_dir, out_dir)
+    manifest = prepare_split(config, run_dir, out_dir, group_by=group_by)
     size = (config.input_size, config.input_size)
     train_m, val_m = manifest.split("train"), manifest.split("val")
     x_train = load_slices(train_m.samples, size, progress=True, description="loading train slices")
@@ -353,7 +362,7 @@ def _run_phase(phase, config, run_dir, state, model, pretrained, train_ds, val_d
         callbacks.append(keras.callbacks.LearningRateScheduler(
             lambda epoch: lr * 0.5 * (1.0 + math.cos(math.pi * epoch / max(epochs, 1)))))
     elif config.lr_schedule != "constant":
-        raise AlzAuditError(f"--lr-schedule: '{config.lr_schedule}' (use constant or cosine)")
+        raise ParameterError("lr_schedule", f"'{config.lr_schedule}' (use constant or cosine)")
     if start < epochs and not checkpoint.should_stop_already():
         with distribute.keras_fit_fixes(model, strategy, train_ds.element_spec):
             model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=start, verbose=0,

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from audit.cli import main as alzaudit
+from alzaudit.cli import main as alzaudit
 
 
 def build(shared: Path) -> int:

@@ -78,8 +78,8 @@ def run(args: argparse.Namespace) -> int:
     print_report(evaluate_model(model_path, split_csv, out_dir=run_dir / "eval_test", seed=args.seed), console)
 
     console.rule("5/5 acceptance gate and report")
-    from audit.commands.audit import run_gate
     from reports import render_report
+    from suites.inprocess import run_gate
 
     verdict = run_gate(str(model_path), str(split_csv), str(audit_dir), seed=args.seed)
     written = render_report(audit_dir / "audit.json", audit_dir)

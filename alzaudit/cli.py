@@ -1,6 +1,7 @@
 """The ``alzaudit`` command line.
 
-Sub-commands live in ``audit/commands/*.py``; each module defines ``register(top, data)`` that adds its
+The application layer, on top of ``suites``, ``reports``, ``audit`` and ``model``. Sub-commands live in
+``alzaudit/commands/*.py``; each module defines ``register(top, data)`` that adds its
 parsers (``top``: top-level sub-commands, ``data``: the ``alzaudit data …`` group) with
 ``set_defaults(func=run)``. Modules must not import TensorFlow at import time, so ``alzaudit --help``
 and the data commands start in about a second.
@@ -13,7 +14,11 @@ import pkgutil
 import sys
 
 from audit.tflog import quiet_tensorflow
-from model.errors import AlzAuditError
+from model.errors import AlzAuditError, ParameterError
+
+# Library parameters whose command-line flag is not "--" + the name with dashes.
+FLAGS = {"n_samples": "--samples", "noise_level": "--noise", "scheme": "--ig-scheme", "epochs_phase1": "--epochs1",
+         "epochs_phase2": "--epochs2", "lr_phase1": "--lr1", "lr_phase2": "--lr2", "groups": "--group"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,10 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     data_parser = top.add_parser("data", help="index, split, summarise, synthesise and leak-check datasets")
     data = data_parser.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
     data_parser.set_defaults(func=lambda args: _missing_subcommand(data_parser))
-    import audit.commands as commands
+    import alzaudit.commands as commands
 
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
-        module = importlib.import_module(f"audit.commands.{info.name}")
+        module = importlib.import_module(f"alzaudit.commands.{info.name}")
         if hasattr(module, "register"):
             module.register(top, data)
     return parser
@@ -48,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
+    except ParameterError as exc:  # the library names its parameter; a CLI user reads the flag
+        print(f"alzaudit: error: {exc.with_flag(FLAGS)}", file=sys.stderr)
+        return 2
     except AlzAuditError as exc:
         print(f"alzaudit: error: {exc}", file=sys.stderr)
         return 2

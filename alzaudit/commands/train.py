@@ -87,7 +87,10 @@ def run_train(args: argparse.Namespace) -> int:
                          phases=args.phases, augment=not args.no_augment, seed=args.seed, ratios=args.ratios,
                          group=args.group, lr_schedule=args.lr_schedule,
                          augment_noise=args.augment_noise, dropout=args.dropout, strategy=args.strategy)
-    train(config, resume=args.resume, console=Console())
+    from audit.leakage import pseudo_subjects  # near-duplicate groups: the application binds them to training
+
+    train(config, resume=args.resume, console=Console(),
+          group_by=pseudo_subjects if args.group == "pseudo" else None)
     return 0
 
 

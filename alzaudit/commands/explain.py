@@ -95,9 +95,8 @@ def _model_inputs(model, originals, args):
     import cv2
     import numpy as np
 
-    from model.errors import AlzAuditError
-
     from audit.explain.layers import input_shape
+    from model.errors import AlzAuditError
 
     shape = input_shape(model)
     if len(shape) != 3 or shape[-1] not in (1, 3):
