@@ -51,7 +51,7 @@ from audit.hashing import (CANON_SIZE, CONFIRM_SIZE, FLIP_NAMES, MATCH_BAND, POS
                            foreground_pose, hamming, intensity_levels, match_score, pair_matrix, phash,
                            register, rescale_matrix, similarity_search, work_image)
 from model.classes import CLASSES
-from model.errors import AlzAuditError
+from model.errors import AlzAuditError, ParameterError
 from model.manifest import KAGGLE_SOURCES, SPLIT_NAMES, Manifest, Sample
 from model.splits import subjects_by_split
 
@@ -591,13 +591,13 @@ def leakage_report(manifest: Manifest, *, seed: int = 0, max_distance: int = DEF
     from model.splits import DEFAULT_RATIOS, split_manifest
 
     if max_distance < 0 or max_distance > 64:
-        raise AlzAuditError(f"--max-distance: {max_distance} is outside 0..64 bits")
+        raise ParameterError("max_distance", f"{max_distance} is outside 0..64 bits")
     if not 0.0 <= ssim_min <= 1.0:
-        raise AlzAuditError(f"--ssim-min: {ssim_min} is outside [0, 1]")
+        raise ParameterError("ssim_min", f"{ssim_min} is outside [0, 1]")
     if not 0.0 < match_min <= 1.0:
-        raise AlzAuditError(f"--match-min: {match_min} is outside (0, 1]")
+        raise ParameterError("match_min", f"{match_min} is outside (0, 1]")
     if top_k < 1:
-        raise AlzAuditError(f"--top-k: {top_k} must be at least 1")
+        raise ParameterError("top_k", f"{top_k} must be at least 1")
     if not manifest.samples:
         raise AlzAuditError(f"{manifest.root}: the manifest lists no images")
     warnings: list[str] = []

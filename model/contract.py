@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from model.classes import CLASSES, canonical_class
-from model.errors import AlzAuditError
+from model.errors import AlzAuditError, ParameterError
 
 ALPHABETICAL_ORDER = tuple(sorted(CLASSES))  # what image_dataset_from_directory gives
 
@@ -59,9 +59,9 @@ def parse_classes(text: str | None) -> tuple[str, ...]:
     mapped = [canonical_class(n) for n in names]
     unknown = [n for n, m in zip(names, mapped) if m is None]
     if unknown:
-        raise AlzAuditError(f"--classes: unknown class name(s) {', '.join(unknown)} (known: {', '.join(CLASSES)})")
+        raise ParameterError("classes", f"unknown class name(s) {', '.join(unknown)} (known: {', '.join(CLASSES)})")
     if sorted(mapped) != sorted(CLASSES):
-        raise AlzAuditError(f"--classes: must name each of the four stages once, got {', '.join(names)}")
+        raise ParameterError("classes", f"must name each of the four stages once, got {', '.join(names)}")
     return tuple(mapped)
 
 
@@ -79,7 +79,7 @@ def read_contract(model, *, input_scale: float = 255.0, classes: tuple[str, ...]
     outputs = model.output_shape[-1] if not isinstance(model.output_shape, list) else None
     if outputs != len(classes):
         raise AlzAuditError(f"{source}: the model has {outputs} outputs but {len(classes)} classes were given "
-                            f"({', '.join(classes)}); set --classes to the model's class order")
+                            f"({', '.join(classes)}); set classes to the model's class order")
     if input_scale not in (1.0, 255.0):
-        raise AlzAuditError(f"--input-scale: {input_scale} (use 255 for raw pixels or 1 for [0, 1])")
+        raise ParameterError("input_scale", f"{input_scale} (use 255 for raw pixels or 1 for [0, 1])")
     return ModelContract(int(height), int(width), int(channels), float(input_scale), tuple(classes))

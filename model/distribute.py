@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from model.errors import AlzAuditError
+from model.errors import ParameterError
 
 STRATEGIES = ("auto", "one", "mirrored", "multiworker")
 STRATEGY_HELP = ("auto (mirrored when more than one GPU is visible, else one device), one (the default "
@@ -42,7 +42,7 @@ def get_strategy(name: str | None = "auto"):
     """
     name = "auto" if name in (None, "") else str(name).strip().lower()
     if name not in STRATEGIES:
-        raise AlzAuditError(f"--strategy: unknown strategy '{name}' (choose {', '.join(STRATEGIES)})")
+        raise ParameterError("strategy", f"unknown strategy '{name}' (choose {', '.join(STRATEGIES)})")
     import tensorflow as tf
 
     if name == "auto":
@@ -68,20 +68,20 @@ def tf_config() -> dict:
     example = ('e.g. TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
                '"task": {"type": "worker", "index": 0}}\' (index 1 on the second host)')
     if not raw:
-        raise AlzAuditError(f"--strategy multiworker: TF_CONFIG is not set; set it on every host, {example}")
+        raise ParameterError("strategy", f"multiworker: TF_CONFIG is not set; set it on every host, {example}")
     try:
         config = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise AlzAuditError(f"--strategy multiworker: TF_CONFIG is not valid JSON ({exc.msg} at character "
+        raise ParameterError("strategy", f"multiworker: TF_CONFIG is not valid JSON ({exc.msg} at character "
                             f"{exc.pos}); {example}") from None
     cluster = config.get("cluster") if isinstance(config, dict) else None
     task = config.get("task") if isinstance(config, dict) else None
     if not isinstance(cluster, dict) or not any(cluster.get(job) for job in ("worker", "chief")):
-        raise AlzAuditError(f"--strategy multiworker: TF_CONFIG has no 'cluster' with 'worker' (or 'chief') "
+        raise ParameterError("strategy", f"multiworker: TF_CONFIG has no 'cluster' with 'worker' (or 'chief') "
                             f"addresses; {example}")
     if not isinstance(task, dict) or task.get("type") not in cluster or not isinstance(task.get("index"), int) \
             or not 0 <= task["index"] < len(cluster[task["type"]]):
-        raise AlzAuditError(f"--strategy multiworker: TF_CONFIG's 'task' {task!r} does not name one of the "
+        raise ParameterError("strategy", f"multiworker: TF_CONFIG's 'task' {task!r} does not name one of the "
                             f"cluster's tasks; {example}")
     return config
 
@@ -93,7 +93,7 @@ def _multiworker():
     try:
         return tf.distribute.MultiWorkerMirroredStrategy()
     except (RuntimeError, ValueError) as exc:
-        raise AlzAuditError(f"--strategy multiworker: TensorFlow refused to start it ({' '.join(str(exc).split())}); "
+        raise ParameterError("strategy", f"multiworker: TensorFlow refused to start it ({' '.join(str(exc).split())}); "
                             "it must be chosen before TensorFlow runs anything") from None
 
 
@@ -277,8 +277,8 @@ def keras_fit_fixes(model, strategy, element_spec) -> Iterator[None]:
     if not hasattr(model, "_symbolic_build") or not hasattr(tf_trainer, "reduce_per_replica"):
         import keras
 
-        raise AlzAuditError(f"--strategy {name}: this Keras ({keras.__version__}) lacks the internals alzaudit "
-                            "adjusts for distributed fit() (measured with Keras 3.15); use --strategy one")
+        raise ParameterError("strategy", f"{name}: this Keras ({keras.__version__}) lacks the internals alzaudit "
+                            "adjusts for distributed fit() (measured with Keras 3.15); use strategy 'one'")
     original = tf_trainer.reduce_per_replica
 
     def reduce_per_replica(values, strategy_, reduction="auto"):

@@ -12,7 +12,7 @@ import zipfile
 from pathlib import Path
 
 from model.classes import CLASSES
-from model.errors import AlzAuditError
+from model.errors import AlzAuditError, ParameterError
 
 BACKBONES = ("resnet50", "small")
 # Small datasets give few steps per epoch; Keras' default 0.99 leaves BatchNorm's moving statistics far
@@ -39,11 +39,11 @@ def build_classifier(backbone: str = "resnet50", weights: str | os.PathLike | No
     from keras import layers
 
     if backbone not in BACKBONES:
-        raise AlzAuditError(f"--backbone: unknown backbone '{backbone}' (choose {', '.join(BACKBONES)})")
+        raise ParameterError("backbone", f"unknown backbone '{backbone}' (choose {', '.join(BACKBONES)})")
     if isinstance(weights, str) and weights.lower() in ("none", ""):
         weights = None
     if input_size < 32:
-        raise AlzAuditError(f"--input-size: {input_size} is too small (at least 32)")
+        raise ParameterError("input_size", f"{input_size} is too small (at least 32)")
     if seed is not None:
         keras.utils.set_random_seed(seed)
 
@@ -57,7 +57,7 @@ def build_classifier(backbone: str = "resnet50", weights: str | os.PathLike | No
         if weights not in (None,) and str(weights) != "imagenet":
             _check_weights_file(weights)
         if weights == "imagenet":
-            raise AlzAuditError("--weights imagenet: the small backbone has no ImageNet weights; use --weights none")
+            raise ParameterError("weights", "imagenet: the small backbone has no ImageNet weights; use weights none")
         x = layers.Rescaling(1.0 / 255.0, name="scale_01")(inputs)
         net = small_resnet(input_size)
         if weights is not None:

@@ -13,7 +13,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from model.classes import CLASSES
-from model.errors import AlzAuditError
+from model.errors import ParameterError
 from model.manifest import SPLIT_NAMES, Manifest, Sample
 
 DEFAULT_RATIOS = (0.7, 0.15, 0.15)
@@ -35,9 +35,9 @@ def parse_ratios(text: str | Sequence[float]) -> tuple[float, float, float]:
     try:
         values = [float(v) for v in (text.split(",") if isinstance(text, str) else text)]
     except ValueError:
-        raise AlzAuditError(f"--ratios: '{text}' is not three comma-separated numbers") from None
+        raise ParameterError("ratios", f"'{text}' is not three comma-separated numbers") from None
     if len(values) != 3 or any(v < 0 for v in values) or abs(sum(values) - 1.0) > 1e-6:
-        raise AlzAuditError(f"--ratios: need three non-negative numbers for train,val,test summing to 1, got '{text}'")
+        raise ParameterError("ratios", f"need three non-negative numbers for train,val,test summing to 1, got '{text}'")
     return values[0], values[1], values[2]
 
 
@@ -86,10 +86,10 @@ def _group_keys(manifest: Manifest, group: str, groups: Mapping[str, str] | None
         return [f"slice:{s.path}" for s in manifest.samples]
     if group == "pseudo":
         if groups is None:
-            raise AlzAuditError("--group pseudo needs pseudo-subject groups from the leakage analysis")
+            raise ParameterError("groups", "group 'pseudo' needs pseudo-subject groups (audit.leakage.pseudo_subjects)")
         return [f"pseudo:{groups.get(str(s.path), str(s.path))}" for s in manifest.samples]
     if group != "subject":
-        raise AlzAuditError(f"--group: unknown grouping '{group}' (use subject, pseudo or slice)")
+        raise ParameterError("group", f"unknown grouping '{group}' (use subject, pseudo or slice)")
     missing = sum(1 for s in manifest.samples if not s.subject_id)
     if missing:
         warnings.append(NO_SUBJECTS_WARNING if missing == len(manifest.samples)

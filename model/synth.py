@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from model.classes import CLASSES
-from model.errors import AlzAuditError
+from model.errors import AlzAuditError, ParameterError
 from model.manifest import MANIFEST_NAME, Manifest, Sample, write_manifest
 
 COHORT_INFO = "cohort.json"
@@ -194,20 +194,20 @@ def _sample(root: Path, row: dict) -> Sample:
 def _check_options(subjects: int, slices_per_subject: int, class_balance: str, seed: int, shortcut_marker: float,
                    severity_scale: float) -> None:
     if class_balance not in BALANCES:
-        raise AlzAuditError(f"--class-balance: '{class_balance}' is not one of {', '.join(BALANCES)}")
+        raise ParameterError("class_balance", f"'{class_balance}' is not one of {', '.join(BALANCES)}")
     minimum = len(CLASSES) if class_balance == "balanced" else 2 * len(CLASSES)
     if not isinstance(subjects, (int, np.integer)) or subjects < minimum:
-        raise AlzAuditError(f"--subjects: need at least {minimum} subjects for '{class_balance}' class balance "
+        raise ParameterError("subjects", f"need at least {minimum} subjects for '{class_balance}' class balance "
                             f"(every stage present), got {subjects}")
     if not isinstance(slices_per_subject, (int, np.integer)) or not 1 <= slices_per_subject <= MAX_SLICES:
-        raise AlzAuditError(f"--slices-per-subject: need 1 to {MAX_SLICES} (the ventricle range is "
+        raise ParameterError("slices_per_subject", f"need 1 to {MAX_SLICES} (the ventricle range is "
                             f"{SLICE_RANGE_MM[1] - SLICE_RANGE_MM[0]} mm), got {slices_per_subject}")
     if not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise AlzAuditError(f"--seed: need a non-negative integer, got {seed}")
+        raise ParameterError("seed", f"need a non-negative integer, got {seed}")
     if not 0.0 <= float(shortcut_marker) <= 1.0:
-        raise AlzAuditError(f"--shortcut-marker: a fraction in [0, 1] is needed, got {shortcut_marker}")
+        raise ParameterError("shortcut_marker", f"a fraction in [0, 1] is needed, got {shortcut_marker}")
     if not np.isfinite(severity_scale) or not 0.0 <= float(severity_scale) <= 3.0:
-        raise AlzAuditError(f"--severity-scale: need a number in [0, 3] (1 = default atrophy), got {severity_scale}")
+        raise ParameterError("severity_scale", f"need a number in [0, 3] (1 = default atrophy), got {severity_scale}")
 
 
 def is_cohort_dir(path: Path) -> bool:

@@ -1,7 +1,6 @@
 """Keras callbacks for resumable training and a rich progress display."""
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path

@@ -12,7 +12,7 @@ import numpy as np
 
 from audit.explain.layers import cached, check_images, check_targets, gradient_model, input_shape, n_outputs
 from audit.explain.normalise import normalise_maps_tf
-from model.errors import AlzAuditError
+from model.errors import ParameterError
 
 METHODS = ("gradcam", "gradcam++")
 
@@ -54,9 +54,9 @@ def class_activation_maps(model, images, targets=None, *, method: str = "gradcam
 
 def _class_activation_maps(model, images, targets, layer, batch_size, method, strategy=None):
     if method not in METHODS:
-        raise AlzAuditError(f"--method: unknown CAM method '{method}' (choose {', '.join(METHODS)})")
+        raise ParameterError("method", f"unknown CAM method '{method}' (choose {', '.join(METHODS)})")
     if batch_size < 1:
-        raise AlzAuditError(f"--batch-size: must be at least 1, got {batch_size}")
+        raise ParameterError("batch_size", f"must be at least 1, got {batch_size}")
     images = check_images(model, images)
     wanted = check_targets(targets, len(images), n_outputs(model))
     step = cam_function(model, layer, method)
@@ -100,7 +100,7 @@ def _compile(grads_model, path: str, shape: tuple, method: str):
             score = tf.reduce_sum(tf.gather(logits, chosen, axis=1, batch_dims=1))
         grads = tape.gradient(score, activations)
         if grads is None:  # raised while tracing, so once per model/layer
-            raise AlzAuditError(f"--layer: the class scores do not depend on layer {path!r}; pick a layer on "
+            raise ParameterError("layer", f"the class scores do not depend on layer {path!r}; pick a layer on "
                                 "the path to the output")
         grads = tf.cast(grads, tf.float32)
         acts = tf.cast(activations, tf.float32)

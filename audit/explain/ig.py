@@ -35,7 +35,7 @@ import numpy as np
 from audit.explain.layers import (cached, check_images, check_targets, input_shape, logit_model, n_outputs,
                                   predict)
 from audit.explain.normalise import normalise_maps
-from model.errors import AlzAuditError
+from model.errors import AlzAuditError, ParameterError
 
 OUTPUTS = ("logit", "probability")
 BASELINES = ("black", "blur")
@@ -121,9 +121,9 @@ def integrated_gradients(model, images, targets=None, *, baseline="black", steps
     and are summed on the host as before, so the result is the single-device one. ``None``: one device.
     """
     if output not in OUTPUTS:
-        raise AlzAuditError(f"--output: unknown IG output '{output}' (choose {', '.join(OUTPUTS)})")
+        raise ParameterError("output", f"unknown IG output '{output}' (choose {', '.join(OUTPUTS)})")
     if batch_size < 1:
-        raise AlzAuditError(f"--batch-size: must be at least 1, got {batch_size}")
+        raise ParameterError("batch_size", f"must be at least 1, got {batch_size}")
     quadrature = quadrature_scheme(scheme)
     levels = step_levels(steps, tolerance, min_steps, max_steps)
     n_panels = check_panels(panels, quadrature, levels) if tolerance is not None else 1
@@ -330,7 +330,7 @@ def step_levels(steps: int, tolerance: float | None, min_steps: int, max_steps: 
     """The interval counts an image may use: ``[steps]``, or ``min_steps`` doubled up to ``max_steps``."""
     if tolerance is None:
         if int(steps) < 1:
-            raise AlzAuditError(f"--steps: must be at least 1, got {steps}")
+            raise ParameterError("steps", f"must be at least 1, got {steps}")
         return [int(steps)]
     try:
         valid = math.isfinite(float(tolerance)) and float(tolerance) > 0
@@ -366,7 +366,7 @@ def make_baselines(images: np.ndarray, baseline) -> np.ndarray:
             return np.zeros(images.shape, np.float64)
         if baseline == "blur":
             return _blurred(images)
-        raise AlzAuditError(f"--baseline: unknown baseline '{baseline}' "
+        raise ParameterError("baseline", f"unknown baseline '{baseline}' "
                             f"(choose {', '.join(BASELINES)} or pass an array)")
     array = np.asarray(baseline, dtype=np.float64)
     if array.ndim == images.ndim - 2 and images.shape[-1] == 1:

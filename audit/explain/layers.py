@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from model.errors import AlzAuditError
+from model.errors import AlzAuditError, ParameterError
 
 _CACHE: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
 _CONV_TYPES = ("Conv1D", "Conv2D", "Conv3D", "SeparableConv2D", "DepthwiseConv2D", "Conv2DTranspose")
@@ -81,7 +81,7 @@ def find_layer(model, path: str):
     current = model
     parts = [p for p in str(path).split("/") if p]
     if not parts:
-        raise AlzAuditError(f"--layer: empty layer path; 4-D layers in {model.name}: "
+        raise ParameterError("layer", f"empty layer path; 4-D layers in {model.name}: "
                             f"{_list_for_error(candidate_layers(model))}")
     for depth, name in enumerate(parts):
         names = [layer.name for layer in _sublayers(current)]
@@ -92,7 +92,7 @@ def find_layer(model, path: str):
                 f"{_list_for_error(candidate_layers(model))}")
         current = current.get_layer(name)
         if depth < len(parts) - 1 and not _sublayers(current):
-            raise AlzAuditError(f"--layer: '{'/'.join(parts[:depth + 1])}' is a {type(current).__name__}, "
+            raise ParameterError("layer", f"'{'/'.join(parts[:depth + 1])}' is a {type(current).__name__}, "
                                 f"not a nested model, so '{path}' cannot go inside it")
     return current
 
@@ -108,7 +108,7 @@ def default_layer(model) -> str:
     if not conv_at:
         kinds = ", ".join(f"{p} ({type(layer).__name__})" for p, layer in layers[-8:]) or "no layers"
         raise AlzAuditError(f"model {model.name} has no convolutional layer, so Grad-CAM has no feature map to "
-                            f"use (its last layers: {kinds}); use --method ig, or pass --layer with a 4-D layer")
+                            f"use (its last layers: {kinds}); explain with method 'ig', or pass a 4-D layer as layer")
     # A nested model's output is its last inner layer's: name that layer, not the model.
     four_d = [path for path, layer in layers[conv_at[0]:] if _output_rank(layer) == 4 and not _sublayers(layer)]
     if not four_d:
@@ -275,7 +275,7 @@ def resolve_layer(model, layer: str | None) -> str:
     path = default_layer(model) if layer is None else str(layer).strip("/")
     found = find_layer(model, path)
     if _output_rank(found) not in (4, None):
-        raise AlzAuditError(f"--layer: '{path}' has a {_output_rank(found)}-D output; Grad-CAM needs a 4-D "
+        raise ParameterError("layer", f"'{path}' has a {_output_rank(found)}-D output; Grad-CAM needs a 4-D "
                             f"(N, H, W, C) layer: {_list_for_error(candidate_layers(model))}")
     return path
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from audit.explain.normalise import normalise_maps
-from model.errors import AlzAuditError
+from model.errors import AlzAuditError, ParameterError
 
 
 def colormap_names() -> list[str]:
@@ -23,10 +23,10 @@ def overlay(image, heatmap, colormap: str = "jet", alpha: float = 0.4) -> np.nda
     import cv2
 
     if not 0.0 <= alpha <= 1.0:
-        raise AlzAuditError(f"--alpha: must be in [0, 1], got {alpha}")
+        raise ParameterError("alpha", f"must be in [0, 1], got {alpha}")
     code = getattr(cv2, f"COLORMAP_{str(colormap).upper()}", None)
     if code is None:
-        raise AlzAuditError(f"--colormap: unknown colormap '{colormap}' (choose {', '.join(colormap_names())})")
+        raise ParameterError("colormap", f"unknown colormap '{colormap}' (choose {', '.join(colormap_names())})")
     gray = np.asarray(image, dtype=np.float64)
     if gray.ndim == 3 and gray.shape[2] == 1:
         gray = gray[..., 0]

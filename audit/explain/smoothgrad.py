@@ -14,7 +14,7 @@ import numpy as np
 from audit.explain.layers import (cached, check_images, check_targets, input_shape, logit_model, n_outputs,
                                   predict)
 from audit.explain.normalise import normalise_maps
-from model.errors import AlzAuditError
+from model.errors import ParameterError
 
 
 def saliency(model, images, targets=None, *, batch_size: int = 32) -> np.ndarray:
@@ -59,9 +59,9 @@ def smoothgrad(model, images, targets=None, *, explainer: Callable | None = None
     switch it. Blank images get sigma = ``noise_level`` x 255 (the input range) instead of 0.
     """
     if n_samples < 1:
-        raise AlzAuditError(f"--samples: must be at least 1, got {n_samples}")
+        raise ParameterError("n_samples", f"must be at least 1, got {n_samples}")
     if noise_level < 0:
-        raise AlzAuditError(f"--noise: must be >= 0, got {noise_level}")
+        raise ParameterError("noise_level", f"must be >= 0, got {noise_level}")
     images = check_images(model, images)
     wanted = check_targets(targets, len(images), n_outputs(model))
     if (wanted < 0).any():
