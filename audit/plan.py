@@ -128,3 +128,38 @@ def plan_table(plans: list[StagePlan]) -> str:
     total = sum(p.seconds for p in plans)
     lines.append(f"{'total':22s} {'':6s}  {total / 60:8.2f}")
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class AuditPlan:
+    """What the gate prints before it starts, the config it runs with, and the record for audit.json."""
+
+    config: object   # AuditConfig: the run's config, with samples shrunk to the budget when one is set
+    record: dict     # audit.json's run.plan
+    text: str        # the console table
+
+
+def plan_audit(run) -> AuditPlan:
+    """Time one batch of each kind of work on ``run`` and fit ``budget_minutes`` if set.
+
+    Pure with respect to the run's configuration: returns a new config (``AuditRun.use_plan`` adopts it)."""
+    from dataclasses import asdict
+
+    config = run.config
+    costs = measure_costs(run)
+    n, n_sigmas = len(run.inputs), len(config.sigmas)
+    if config.budget_minutes > 0:
+        config = fit_budget(n, config, costs, n_sigmas, config.budget_minutes)
+    plans = plan_stages(n, config, costs, n_sigmas)
+    record = {"budget_minutes": config.budget_minutes or None,
+              "seconds_per_image": {k: round(v, 5) for k, v in asdict(costs).items()},
+              "stages": [p.to_dict() for p in plans],
+              "estimated_seconds": round(sum(p.seconds for p in plans), 1)}
+    text = plan_table(plans)
+    if run.baseline is not None:
+        text += "\n(x2: the baseline model is audited on the same images)"
+    budget = config.budget_minutes
+    if budget and record["estimated_seconds"] > budget * 60:
+        text += (f"\nthe {budget:g}-minute budget cannot be met without going below the minimum samples the "
+                 "confidence intervals need; running at the minimum")
+    return AuditPlan(config, record, text)

@@ -14,6 +14,27 @@ from model.errors import AlzAuditError
 SCHEMA_PATH = Path(__file__).with_name("schema") / "audit.schema.json"
 SCHEMA_VERSION = "1.2"
 
+# The vocabulary audit.json shares with its readers (the gate writes it, the report reads it): one home.
+# Check statuses, worst first: the order checks are listed in.
+STATUS_ORDER = {"ERROR": 0, "FAIL": 1, "NOT_RUN": 2, "WARN": 3, "NOT_APPLICABLE": 4, "PASS": 5}
+# NOT_APPLICABLE: the check cannot apply to this data (no masks, no subject IDs...), with its reason.
+# NOT_RUN: the check should have run and did not (deselected, interrupted, no threshold): INCOMPLETE.
+
+# The control maps every explanation figure is computed beside (audit.quality.controls), in report order.
+CONTROL_NAMES = ("random", "brain_uniform", "edge", "centre")
+# Keys of figures.controls, in report order: the words a reader needs, and the stage figure and comparison
+# each comes from. Stability adds one key per noise level, "stability_ssim_<sigma>".
+CONTROL_FIGURES = {
+    "localization_energy": ("Localisation: energy inside mask", "localization", "energy_pointing"),
+    "localization_auprc": ("Localisation: AUPRC against mask", "localization", "auprc"),
+    "outside_brain_mass": ("Energy outside the brain (lower better)", "localization", "outside_brain"),
+    "deletion_auc": ("Deletion AUC (lower better)", "faithfulness", "deletion_auc"),
+    "insertion_auc": ("Insertion AUC", "faithfulness", "insertion_auc"),
+    "faithfulness_score": ("Insertion − deletion AUC", "faithfulness", "score"),
+    "agreement_spearman": ("Agreement with IG (Spearman, in brain)", "agreement", "spearman"),
+}
+STABILITY_CONTROL_PREFIX = "stability_ssim_"
+
 
 @functools.lru_cache(maxsize=1)
 def load_schema() -> dict[str, Any]:

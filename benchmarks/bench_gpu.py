@@ -264,7 +264,7 @@ def blob_cohort(out: Path, subjects: int, slices: int, seed: int) -> Path:
     subject-aware split with the demo's ratios, written as ``split_manifest.csv``."""
     import cv2
 
-    from audit.commands.demo import DEMO_RATIOS
+    from alzaudit.commands.demo import DEMO_RATIOS
     from model.classes import CLASSES
     from model.manifest import Manifest, Sample, write_manifest
     from model.splits import split_manifest
@@ -289,7 +289,7 @@ def blob_cohort(out: Path, subjects: int, slices: int, seed: int) -> Path:
 
 def synth_cohort(out: Path, subjects: int, slices: int, seed: int) -> Path:
     """The project's MNI152 cohort (needs nilearn), split like the demo's; forked workers, so before TF."""
-    from audit.commands.demo import DEMO_RATIOS
+    from alzaudit.commands.demo import DEMO_RATIOS
     from model.manifest import load_dataset, write_manifest
     from model.splits import split_manifest
     from model.synth import synthesize_cohort
@@ -527,7 +527,8 @@ def gate_section(model, data: str | None, args: argparse.Namespace, clock: Clock
     same test images; sample sizes shrunk by the gate's own budget rule when the guard needs it."""
     from audit.plan import IG_ROWS_PER_IMAGE, MIN_IMAGES
     from audit.probes import save_probe
-    from audit.runner import AuditConfig, AuditRun, figures_section
+    from audit.runner import AuditConfig, AuditRun
+    from audit.writer import figures_document
     from suites.thresholds import load_thresholds
 
     if data is None:
@@ -548,8 +549,13 @@ def gate_section(model, data: str | None, args: argparse.Namespace, clock: Clock
     forward = figure["median_call_s"]
     gate: dict[str, Any] = {"test_images": len(x), "setup_s": round(setup, 2), "forward_pass": figure}
     report.data["gate"] = gate
+    from dataclasses import replace
+
+    from audit.plan import plan_audit
+
     started = time.perf_counter()
-    plan = run.make_plan()
+    plan = plan_audit(run)
+    run.use_plan(plan)
     gate["plan_s"] = round(time.perf_counter() - started, 2)
     # The plan assumes IG_ROWS_PER_IMAGE gradients per image; this model's own count was measured above.
     measured = (report.data.get("float32", {}).get("ig_gate") or {}).get("gradients_per_image")
@@ -565,10 +571,11 @@ def gate_section(model, data: str | None, args: argparse.Namespace, clock: Clock
         minutes = max(0.05, 0.6 * room / 60 * run.plan["estimated_seconds"] / estimated)
         say(f"  gate plan {estimated:.0f} s (IG at {measured} gradients/image) > {0.8 * room:.0f} s left for it: "
             f"sample sizes fitted to budget_minutes = {minutes:.2f} (never below {MIN_IMAGES} images each)")
-        run.config.budget_minutes = minutes
-        plan = run.make_plan()
+        run.config = replace(run.config, budget_minutes=minutes)
+        plan = plan_audit(run)
+        run.use_plan(plan)
         gate["fitted_budget_minutes"] = round(minutes, 3)
-    say(plan)
+    say(plan.text)
     gate["plan"] = run.plan
     planned = {p["stage"]: p["seconds"] for p in run.plan["stages"]}
     stages: dict[str, float] = {}
@@ -585,7 +592,7 @@ def gate_section(model, data: str | None, args: argparse.Namespace, clock: Clock
         started = time.perf_counter()
         try:
             if stage == "figures":
-                figures = figures_section(run)
+                figures = figures_document(run)
             else:
                 getattr(run, stage)
         except Exception as exc:  # noqa: BLE001 - one stage failing leaves the others' figures

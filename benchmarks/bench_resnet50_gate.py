@@ -55,7 +55,9 @@ def main() -> int:
         return 0
 
     from audit.probes import save_probe, untrained_model
-    from audit.runner import AuditConfig, AuditRun, figures_section
+    from audit.plan import plan_audit
+    from audit.runner import AuditConfig, AuditRun
+    from audit.writer import figures_document
     from suites.thresholds import load_thresholds
 
     work = Path(tempfile.mkdtemp(prefix="alzaudit-r50-"))
@@ -74,12 +76,14 @@ def main() -> int:
     forward = min(passes)
     print(f"ResNet50 {args.size}², {len(x)} test images; one forward pass over them: {forward:.1f} s "
           f"({1000 * forward / len(x):.1f} ms/image; fastest of {', '.join(f'{p:.1f}' for p in passes)} s)")
-    print(run.make_plan())
+    plan = plan_audit(run)
+    run.use_plan(plan)
+    print(plan.text)
     total_started = time.perf_counter()
     for stage in ("probs", "gradcam_maps", "localization", "ig", "agreement", "faithfulness", "stability",
                   "randomization"):
         getattr(run, stage)
-    figures = figures_section(run)
+    figures = figures_document(run)
     total = time.perf_counter() - total_started
     print(f"\n{'stage':16s} {'seconds':>8s} {'forward passes':>15s}")
     for name, seconds in run.timings.items():

@@ -28,7 +28,9 @@ FIGURES = ("localization_energy", "localization_auprc", "outside_brain_mass", "d
 
 
 def audit_figures(model_path: Path, data: str, out: Path, fast: bool, seed: int) -> dict:
-    from audit.runner import AuditConfig, AuditRun, figures_section, randomization_similarity
+    from audit.runner import AuditConfig, AuditRun
+    from audit.stages.quality import randomization_similarity
+    from audit.writer import figures_document
 
     sizes = dict(ig_images=16, ig_steps=32, stability_images=16, stability_draws=2, faithfulness_images=32,
                  faithfulness_steps=10, randomization_images=16) if fast else {}
@@ -36,7 +38,7 @@ def audit_figures(model_path: Path, data: str, out: Path, fast: bool, seed: int)
     started = time.perf_counter()
     for name in ("localization", "faithfulness", "agreement", "stability", "randomization", "convergence"):
         getattr(run, name)
-    figures = figures_section(run)
+    figures = figures_document(run)
     rand = run.randomization
     return {"controls": figures["controls"], "randomization": {
         "gate_stage": rand["gate_stage"], "model": randomization_similarity(rand),

@@ -12,11 +12,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
+from audit.schema_io import CONTROL_FIGURES, STABILITY_CONTROL_PREFIX, STATUS_ORDER
 from reports import figures
 from reports.assets import AssetReader, to_data_uri
 from reports.limitations import absent_classes, derive_limitations
 
-STATUS_ORDER = {"ERROR": 0, "FAIL": 1, "NOT_RUN": 2, "WARN": 3, "NOT_APPLICABLE": 4, "PASS": 5}
 SPLIT_ORDER = ("train", "val", "validation", "test")
 SUMMARY_HEAD = ["mean", "median", "p5", "p95", "n"]
 
@@ -427,26 +427,23 @@ def _explanations(audit: dict[str, Any], assets: AssetReader, notes: list[str]) 
             "heatmap_sample": audit.get("heatmap_sample")}
 
 
-# audit.json "controls" keys, in report order, with the words a reader needs.
-CONTROL_FIGURES = {
-    "localization_energy": "Localisation: energy inside mask",
-    "localization_auprc": "Localisation: AUPRC against mask",
-    "outside_brain_mass": "Energy outside the brain (lower better)",
-    "deletion_auc": "Deletion AUC (lower better)",
-    "insertion_auc": "Insertion AUC",
-    "faithfulness_score": "Insertion − deletion AUC",
-    "agreement_spearman": "Agreement with IG (Spearman, in brain)",
-    "stability_ssim_0.02": "Stability SSIM, σ = 0.02",
-    "stability_ssim_0.05": "Stability SSIM, σ = 0.05",
-}
+# Titles of audit.json's "controls" keys, in report order (the stability keys for the default noise levels).
+CONTROL_TITLES = {**{key: title for key, (title, _, _) in CONTROL_FIGURES.items()},
+                  **{f"{STABILITY_CONTROL_PREFIX}{s}": f"Stability SSIM, σ = {s}" for s in ("0.02", "0.05")}}
+
+
+def _control_title(key: str) -> str:
+    if key.startswith(STABILITY_CONTROL_PREFIX):
+        return f"Stability SSIM, σ = {key[len(STABILITY_CONTROL_PREFIX):]}"
+    return key.replace("_", " ")
 
 
 def _controls(block: dict[str, Any] | None, notes: list[str]) -> dict[str, Any] | None:
     """Every explanation figure beside its control maps: a table (value, controls, skill, CI) and a chart."""
     if not block:
         return None
-    titles = dict(CONTROL_FIGURES)
-    titles.update({k: k.replace("_", " ") for k in block if k not in titles})
+    titles = dict(CONTROL_TITLES)
+    titles.update({k: _control_title(k) for k in block if k not in titles})
     rows = []
     for key, title in titles.items():
         c = block.get(key)

@@ -16,6 +16,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from audit.schema_io import CONTROL_NAMES
+
 DPI = 130
 WIDE = (6.8, 2.6)      # full text width of an A4 page with 14 mm margins
 HALF = (3.35, 2.7)     # two side by side
@@ -223,7 +225,7 @@ def stability_figure(stability: dict[str, dict[str, Any]] | None) -> Figure | No
     return fig
 
 
-CONTROL_ORDER = ("random", "brain_uniform", "edge", "centre")
+CONTROL_ORDER = CONTROL_NAMES
 CONTROL_LABELS = {"random": "random smooth", "brain_uniform": "brain-uniform", "edge": "edge (Sobel)",
                   "centre": "centre prior"}
 

@@ -9,8 +9,6 @@ check is recorded into ``DIR/audit.json`` at the end of the session — pass, fa
 from __future__ import annotations
 
 import os
-import platform
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,8 +19,8 @@ quiet_tensorflow()
 
 import pytest
 
-from model.errors import AlzAuditError
-from suites.gate import Gate, write_audit
+from model.errors import AlzAuditError, ParameterError
+from suites.gate import Gate
 
 GATE_KEY = pytest.StashKey[Gate]()
 RUN_KEY = pytest.StashKey[object]()
@@ -63,6 +61,7 @@ def pytest_sessionstart(session):
     opt = config.option
     if not opt.model:
         _usage("alzaudit gate: --model is required (a .keras file)")
+    from audit.plan import plan_audit
     from audit.runner import AuditConfig, AuditRun
     from model.contract import parse_classes
     from suites.thresholds import load_thresholds
@@ -88,12 +87,15 @@ def pytest_sessionstart(session):
         run.split     # indexes/splits the data and checks the split exists
         if opt.baseline:
             run.with_baseline(opt.baseline, unsafe=opt.unsafe_load)
-        plan = run.make_plan()
+        plan = plan_audit(run)
+        run.use_plan(plan)
+    except ParameterError as exc:  # the gate's options carry the library's parameter names
+        _usage(exc.with_flag())
     except AlzAuditError as exc:
         _usage(str(exc))
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
-        reporter.write_line("alzaudit plan (one timed batch per kind of work):\n" + plan)
+        reporter.write_line("alzaudit plan (one timed batch per kind of work):\n" + plan.text)
     from suites.catalog import expected_check_ids
 
     device = opt.device if opt.device != "auto" else _device()
@@ -186,38 +188,16 @@ def pytest_sessionfinish(session, exitstatus):
     interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
     gate.finish("not run: the session was interrupted before it" if interrupted else
                 "not run: deselected (-k / -m) or skipped before it reported")
-    from audit.runner import data_section, figures_section, gallery_section, heatmap_sample, model_section
+    from audit.writer import GateOutcome, write_audit
 
-    sections: dict = {}
-    for name, build in (("model", lambda: model_section(run)), ("data", lambda: data_section(run)),
-                        ("figures", lambda: figures_section(run)), ("gallery", lambda: gallery_section(run)),
-                        ("heatmap_sample", lambda: heatmap_sample(run))):
-        try:
-            sections[name] = build()
-        except Exception as exc:  # the file is still written; the failure is named in it
-            run.errors[name] = f"{type(exc).__name__}: {exc}"
-            sections[name] = None
-    figures = sections.get("figures") or {}
-    throughput = config.stash.get(THROUGHPUT_KEY, None)
-    if throughput:
-        figures["throughput"] = throughput
-    if figures.get("randomization") is not None:
-        status = gate.checks.get("explanations.randomization_max_similarity", {}).get("status")
-        figures["randomization"]["passed"] = None if status is None else status in ("PASS", "WARN")
-    sections["figures"] = figures
-    if sections["model"] is None:
-        sections["model"] = {"path": str(run.model_path), "sha256": None, "classes": list(run.classes)}
-    if sections["data"] is None:
-        sections["data"] = {"path": str(run.data or run.model_path), "split": run.config.split, "counts": {}}
-    sections["run"] = _run_section(config, run)
-    path = write_audit(Path(config.option.audit_out) / "audit.json", gate, sections)
-    try:
-        from audit.schema_io import validate_audit
-
-        validate_audit(__import__("json").loads(path.read_text()), source=str(path))
-    except AlzAuditError as exc:
-        sys.stderr.write(f"alzaudit gate: warning: {exc}\n")
     verdict = gate.verdict()
+    outcome = GateOutcome(
+        verdict=verdict, fail_on_warn=gate.thresholds.fail_on_warn, checks=gate.ordered(),
+        started=config.stash.get(STARTED_KEY, _now()), finished=_now(), seed=config.option.seed,
+        thresholds_file=str(run_thresholds_path(config)), strategy=config.option.strategy,
+        command=" ".join(["pytest", *sys.argv[1:]]) if sys.argv else None,
+        throughput=config.stash.get(THROUGHPUT_KEY, None))
+    path = write_audit(Path(config.option.audit_out) / "audit.json", run, outcome)
     if verdict != "PASS" and session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED  # only a complete PASS exits 0
     reporter = config.pluginmanager.get_plugin("terminalreporter")
@@ -232,48 +212,10 @@ def pytest_sessionfinish(session, exitstatus):
 THROUGHPUT_KEY = pytest.StashKey[dict]()
 
 
-def _run_section(config, run) -> dict:
-    import keras
-    import tensorflow as tf
-
-    from model.train import device_description
-
-    try:
-        from importlib.metadata import version
-
-        own = version("alzaudit")
-    except Exception:
-        own = None
-    from audit.distribute import describe, get_strategy
-
-    device = device_description()
-    return {"started": config.stash.get(STARTED_KEY, _now()), "finished": _now(), "seed": config.option.seed,
-            "distribute": describe(get_strategy(config.option.strategy)),
-            "device": {"kind": device["kind"], "name": device["name"]},
-            "versions": {"python": platform.python_version(), "tensorflow": tf.__version__,
-                         "keras": keras.__version__, "alzaudit": own},
-            "git_commit": _git_commit(), "thresholds_file": str(run_thresholds_path(config)),
-            "command": " ".join(["pytest", *sys.argv[1:]]) if sys.argv else None,
-            "timings": {k: round(v, 3) for k, v in run.timings.items()}, "errors": run.errors,
-            "plan": run.plan, "sample_sizes": {k: getattr(run.config, k) for k in (
-                "gradcam_images", "ig_images", "ig_steps", "ig_tolerance", "ig_scheme", "ig_min_steps", "ig_panels",
-                "stability_images", "stability_draws",
-                "faithfulness_images", "faithfulness_steps", "randomization_images")}}
-
-
 def run_thresholds_path(config) -> Path:
     from suites import DEFAULT_THRESHOLDS
 
     return Path(config.option.thresholds) if config.option.thresholds else DEFAULT_THRESHOLDS
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def _now() -> str:

@@ -1,19 +1,15 @@
-"""Verdicts: compare a figure with its rule, record the check, and assemble audit.json."""
+"""Verdicts: compare a figure with its rule and record the check; ``outcome`` hands them to the writer."""
 from __future__ import annotations
 
 import math
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 
+from audit.schema_io import STATUS_ORDER
 from suites.catalog import describe
 from suites.thresholds import Thresholds
-
-STATUS_ORDER = {"ERROR": 0, "FAIL": 1, "NOT_RUN": 2, "WARN": 3, "NOT_APPLICABLE": 4, "PASS": 5}
-# NOT_APPLICABLE: the check cannot apply to this data (no masks, no subject IDs...), with its reason.
-# NOT_RUN: the check should have run and did not (deselected, interrupted, no threshold): INCOMPLETE.
 
 
 class GateWarning(UserWarning):
@@ -164,14 +160,3 @@ def _controls_note(comparison: dict | None) -> str:
              for name, value in comparison["controls"].items() if value is not None]
     return f"; model {comparison['value']:.3g}, controls: " + ", ".join(parts) if parts and comparison.get(
         "value") is not None else ""
-
-
-def write_audit(path: Path, gate: Gate, sections: dict) -> Path:
-    """audit.json: verdict, checks (failures first) and every section the run produced."""
-    from model.fileio import atomic_write_json
-
-    from audit.schema_io import SCHEMA_VERSION
-
-    document = {"schema_version": SCHEMA_VERSION, "verdict": gate.verdict(), "fail_on_warn": gate.thresholds.fail_on_warn,
-                **sections, "checks": gate.ordered()}
-    return atomic_write_json(path, document)

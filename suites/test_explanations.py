@@ -6,7 +6,7 @@ edge, centre prior); a ``skill_min`` rule judges the lower CI bound of the margi
 import numpy as np
 import pytest
 
-from audit.runner import randomization_similarity
+from audit.stages.quality import randomization_similarity
 
 
 @pytest.mark.check("explanations.agreement_spearman")

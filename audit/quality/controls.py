@@ -16,8 +16,8 @@ import numpy as np
 from scipy.ndimage import gaussian_filter, sobel
 
 from audit.quality.base import as_images, normalize_maps
+from audit.schema_io import CONTROL_NAMES as CONTROLS  # noqa: F401 - the names, from their one home
 
-CONTROLS = ("random", "brain_uniform", "edge", "centre")
 CONTROL_TITLES = {
     "random": "random smooth map",
     "brain_uniform": "uniform over the brain",

@@ -1,0 +1,68 @@
+"""Disk cache of an audit's expensive arrays (predictions, Grad-CAM maps), keyed so it cannot go stale.
+
+A key covers everything that changes the array: the model file, the evaluated images' contents, the
+manifest, the settings, and the versions of TensorFlow, Keras and alzaudit's own source.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from model.fileio import atomic_path
+
+_FINGERPRINT: tuple | None = None
+
+
+def software_fingerprint() -> tuple:
+    """(TensorFlow, Keras, alzaudit version, hash of alzaudit's own source): part of every cache key, so an
+    upgrade or a fix (even without a version bump) recomputes cached arrays instead of reusing them."""
+    global _FINGERPRINT
+    if _FINGERPRINT is None:
+        import keras
+        import tensorflow as tf
+
+        try:
+            from importlib.metadata import version
+
+            own = version("alzaudit")
+        except Exception:  # noqa: BLE001 - running from a source tree
+            own = "source"
+        digest = hashlib.sha256()
+        root = Path(__file__).resolve().parents[1]
+        for package in ("audit", "model"):
+            for source in sorted((root / package).rglob("*.py")):
+                digest.update(source.relative_to(root).as_posix().encode())
+                digest.update(source.read_bytes())
+        _FINGERPRINT = (tf.__version__, keras.__version__, own, digest.hexdigest()[:16])
+    return _FINGERPRINT
+
+
+class ArrayCache:
+    """``.npy`` files under ``folder``, each named by the array's name and a hash of its key parts."""
+
+    def __init__(self, folder: Path, key_parts: Callable[[], tuple], *, enabled: bool = True):
+        self.folder = Path(folder)
+        self._key_parts = key_parts  # called lazily: the parts need the model and the images
+        self.enabled = enabled
+
+    def path(self, name: str, *extra) -> Path:
+        parts = (*self._key_parts(), *software_fingerprint(), *extra)
+        key = hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:16]
+        return self.folder / f"{name}-{key}.npy"
+
+    def get(self, name: str, compute: Callable[[], np.ndarray], *extra) -> np.ndarray:
+        """The cached array, or ``compute()`` saved atomically for next time."""
+        if not self.enabled:
+            return compute()
+        path = self.path(name, *extra)
+        if path.is_file():
+            return np.load(path)
+        value = compute()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as handle:
+                np.save(handle, value)
+        return value

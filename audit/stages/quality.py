@@ -1,0 +1,176 @@
+"""Quality stage: every explanation-quality figure of the audited Grad-CAM, beside its control maps.
+
+A figure means nothing alone, so each is computed for the controls on the same images (random smooth,
+brain-uniform, edge, centre prior; ``audit.quality.controls``) and compared by the skill over the best
+one with a subject-bootstrap CI (``audit.quality.skill``).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from audit.sampling import FAITHFULNESS_SALT, RANDOMIZATION_SALT, STABILITY_SALT, sample, sample_disease
+from model.classes import REFERENCE_CLASS
+
+
+def control_maps(run, idx: np.ndarray) -> dict[str, np.ndarray]:
+    """Control maps for images ``idx``; the brain-uniform control uses the brain masks when there are some."""
+    from audit.quality.controls import control_maps as build
+
+    brain = run.brain_masks[idx] if run.brain_masks is not None else None
+    return build(run.inputs[idx], brain_masks=brain, seed=run.config.seed, keys=idx)
+
+
+def compare(run, value, controls: dict, idx: np.ndarray, *, higher_is_better: bool) -> dict:
+    """Model vs controls on images ``idx``: skill over the best control with a subject bootstrap CI."""
+    from audit.quality.skill import compare_to_controls
+
+    per_sample = lambda r: getattr(r, "per_sample", r)  # noqa: E731 - MetricResult or array
+    return compare_to_controls(per_sample(value), {k: per_sample(v) for k, v in controls.items()},
+                               higher_is_better=higher_is_better, subjects=[run.subjects[i] for i in idx],
+                               seed=run.config.seed)
+
+
+def agreement(run) -> dict:
+    """Grad-CAM vs IG, beside each control map vs IG: a map that merely follows the brain or its
+    edges agrees with IG too, so only the margin over the best control says the methods concur."""
+    from audit.quality.agreement import agreement as agree
+
+    idx = run.ig_indices
+    controls_maps = control_maps(run, idx)
+    brain = controls_maps["brain_uniform"]  # correlate inside the brain: brain-vs-background is trivial
+    result = dict(agree(run.gradcam_for(idx), run.ig.heatmaps, region=brain))
+    controls = {name: agree(maps, run.ig.heatmaps, region=brain) for name, maps in controls_maps.items()}
+    result["controls"] = controls
+    result["comparisons"] = {"spearman": compare(run, result["spearman"], {k: v["spearman"] for k, v in
+                                                                           controls.items()}, idx,
+                                                 higher_is_better=True)}
+    return result
+
+
+def stability(run) -> dict:
+    """SSIM of Grad-CAM under input noise and the prediction flip rate, beside image-only controls."""
+    from audit.quality.controls import image_only_explainers
+    from audit.quality.stability import stability as measure
+
+    config = run.config
+    idx = sample(run.labels, config.stability_images, config.seed, STABILITY_SALT)
+    result = measure(run.model, run.explainer, run.inputs[idx], sigmas=config.sigmas, draws=config.stability_draws,
+                     seed=config.seed, targets=run.model_targets[idx], clean_maps=run.gradcam_for(idx),
+                     predict_fn=run.predict_fn, intensity_range=run.contract.input_scale,
+                     batch_size=max(config.batch_size, 64), control_explainers=image_only_explainers(config.seed))
+    result["comparisons"] = {key: compare(run, ssim, result["controls"][key], idx, higher_is_better=True)
+                             for key, ssim in result["ssim"].items()}
+    result["indices"] = idx
+    return result
+
+
+def faithfulness(run) -> dict:
+    """Deletion and insertion curves of the logit in the map's order, beside the controls' orders."""
+    from audit.quality.faithfulness import faithfulness as measure
+
+    # Deletion and insertion blur what the map ranks first; for the reference stage that *adds*
+    # evidence (a blurred brain looks less atrophic), so only the demented stages are measured.
+    config = run.config
+    idx = sample_disease(run.labels, config.faithfulness_images, config.seed, FAITHFULNESS_SALT)
+    result = measure(run.logit_fn, run.inputs[idx], run.gradcam_for(idx), run.model_targets[idx],
+                     steps=config.faithfulness_steps, seed=config.seed, batch_size=max(config.batch_size, 64),
+                     control_maps=control_maps(run, idx), scale_by_spread=True)
+    controls = result["controls"]
+    result["comparisons"] = {
+        curve: compare(run, result[curve], {k: v[curve] for k, v in controls.items()}, idx,
+                       higher_is_better=curve != "deletion_auc")
+        for curve in ("deletion_auc", "insertion_auc", "score")}
+    result["indices"] = idx
+    return result
+
+
+def randomization(run) -> dict:
+    """Cascading randomisation of the weights (Adebayo et al. 2018), with an edge-map control."""
+    from audit.quality.controls import edge_maps
+    from audit.quality.randomization import cascading_randomization
+
+    config = run.config
+    idx = sample(run.labels, config.randomization_images, config.seed, RANDOMIZATION_SALT)
+    return cascading_randomization(
+        run.model, run.explainer, run.inputs[idx], run.model_targets[idx], seed=config.seed,
+        original_maps=run.gradcam_for(idx), control_explainers={"edge": lambda _m, x, _t: edge_maps(x)},
+        gate_fraction=config.randomization_gate_fraction)
+
+
+def randomization_similarity(result: dict) -> float | None:
+    """The sanity check's figure: the highest mean Spearman |map| similarity at the gate stage (head + the
+    top half of the backbone's stages re-initialised) or any later one. After the *whole* cascade any
+    gradient method scores ≈ 0.1, so judging there could never fail; at the gate stage an explanation
+    that ignores the learned weights (an edge map: ≈ 1.0) still fails."""
+    gate = result.get("gate_similarity", {}).get("spearman")
+    return None if gate is None else float(gate)
+
+
+def convergence(run):
+    """IG's completeness error per image: how far the Riemann sum is from F(x) − F(x')."""
+    from audit.quality.convergence import convergence as measure
+
+    return measure(run.ig.completeness_error)
+
+
+def localization(run) -> dict | None:
+    """Against the atrophy masks, beside the control maps; None without masks.
+
+    Pointing at the evidence is asked only of correctly classified images whose mask covers at least
+    ``min_mask_share`` of the brain (a wrong prediction has no reason to point at the atrophy, and a
+    few-pixel mask makes every figure noise). The outside-brain mass is taken over every explained image.
+    """
+    from audit.quality.localization import localization as measure
+
+    if run.masks is None and run.brain_masks is None:
+        return None
+    idx = run.gradcam_indices
+    shape = (len(idx), *run.images.shape[1:])
+    masks = run.masks[idx] if run.masks is not None else np.zeros(shape, bool)
+    brain = run.brain_masks[idx] if run.brain_masks is not None else None
+    maps, controls = run.gradcam_maps, control_maps(run, idx)
+    result = measure(maps, np.zeros(shape, bool), brain_masks=brain)  # outside-brain over all images
+
+    pixels = shape[1] * shape[2]
+    brain_area = (brain if brain is not None else controls["brain_uniform"] > 0).reshape(len(idx), pixels).sum(axis=1)
+    mask_area = (masks > 0.5).reshape(len(idx), pixels).sum(axis=1)
+    correct = run.predicted[idx] == run.labels[idx]
+    # The reference stage's evidence is the absence of atrophy: its masks mark natural-range changes
+    # that are not why a slice is NonDemented, so its slices are not asked to point at them.
+    nontrivial = ((mask_area >= run.config.min_mask_share * np.maximum(brain_area, 1)) & (mask_area > 0)
+                  & run.disease_mask[idx])
+    chosen = np.flatnonzero(correct & nontrivial)
+    fallback = None
+    if len({run.subjects[i] for i in idx[chosen]}) < 2 or len(chosen) < 10:
+        # A model that gets (almost) nothing right cannot be excused from pointing at the evidence.
+        fallback = (f"only {len(chosen)} correctly classified slice(s) with a non-trivial mask: every slice "
+                    "with a non-trivial mask was evaluated instead")
+        chosen = np.flatnonzero(nontrivial)
+    inside = measure(maps[chosen], masks[chosen])
+    result.update({k: inside[k] for k in ("energy_pointing", "pointing_game", "auprc", "auprc_chance",
+                                          "n_evaluated")})
+    result["indices"] = [int(i) for i in idx[chosen]]
+    result["n_excluded_empty_mask"] = int((mask_area == 0).sum())
+    result["selection"] = {"n_explained": int(len(idx)), "n_correct": int(correct.sum()),
+                           "n_nontrivial_mask": int(nontrivial.sum()), "n_evaluated": int(len(chosen)),
+                           "n_reference_excluded": int((~run.disease_mask[idx]).sum()),
+                           "reference_class": REFERENCE_CLASS,
+                           "min_mask_share": run.config.min_mask_share, "fallback": fallback}
+    control_results = {}
+    for name, cmaps in controls.items():
+        c_all = measure(cmaps, np.zeros(shape, bool), brain_masks=brain)
+        c_in = measure(cmaps[chosen], masks[chosen])
+        control_results[name] = {"energy_pointing": c_in["energy_pointing"], "auprc": c_in["auprc"],
+                                 "outside_brain": c_all.get("outside_brain")}
+    result["controls"] = control_results
+    comparisons = {}
+    for key, higher in (("energy_pointing", True), ("auprc", True)):
+        comparisons[key] = compare(run, result[key], {k: v[key] for k, v in control_results.items()},
+                                   idx[chosen], higher_is_better=higher)
+    if result.get("outside_brain") is not None:
+        has_brain = brain.reshape(len(idx), pixels).any(axis=1)
+        comparisons["outside_brain"] = compare(
+            run, result["outside_brain"], {k: v["outside_brain"] for k, v in control_results.items()},
+            idx[has_brain], higher_is_better=False)
+    result["comparisons"] = comparisons
+    return result
