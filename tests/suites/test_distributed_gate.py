@@ -38,7 +38,7 @@ def _gate(tmp_path: Path, model: Path, data: Path, name: str, *extra) -> dict:
     cmd = [sys.executable, "-m", "pytest", str(SUITES_DIR), "-p", "split_cpu", "--model", str(model), "--data",
            str(data), "--audit-out", str(out), "--thresholds", str(thresholds), "-q", "-p", "no:cacheprovider",
            "-k", "not throughput", *extra]
-    env = {**__import__("os").environ, "PYTHONPATH": f"{tmp_path}:{Path(__file__).resolve().parents[1]}"}
+    env = {**__import__("os").environ, "PYTHONPATH": f"{tmp_path}:{Path(__file__).resolve().parents[2]}"}
     subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     return json.loads((out / "audit.json").read_text())
 

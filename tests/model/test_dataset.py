@@ -181,7 +181,7 @@ def test_manifest_with_unknown_class_or_missing_files(tmp_path, oasis_dir):
 
 
 def test_cli_data_commands_print_one_line_errors(tmp_path, capsys):
-    from audit.cli import main
+    from alzaudit.cli import main
 
     assert main(["data", "summary", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip()
@@ -189,7 +189,7 @@ def test_cli_data_commands_print_one_line_errors(tmp_path, capsys):
 
 
 def test_cli_index_split_summary(oasis_dir, tmp_path, capsys):
-    from audit.cli import main
+    from alzaudit.cli import main
 
     out = tmp_path / "m.csv"
     assert main(["data", "index", str(oasis_dir), "--out", str(out)]) == 0
@@ -204,8 +204,8 @@ def test_cli_help_does_not_import_tensorflow():
     import subprocess
     import sys
 
-    code = ("import sys; from audit.cli import build_parser; build_parser(); "
-            "from audit.cli import main; "
+    code = ("import sys; from alzaudit.cli import build_parser; build_parser(); "
+            "from alzaudit.cli import main; "
             "sys.exit(1 if 'tensorflow' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 

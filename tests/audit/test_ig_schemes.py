@@ -200,7 +200,7 @@ def test_the_gate_reads_its_ig_scheme_from_the_thresholds_and_refuses_unknown_on
 def test_the_explain_cli_offers_every_scheme():
     import argparse
 
-    from audit.commands import explain
+    from alzaudit.commands import explain
 
     top = argparse.ArgumentParser().add_subparsers()
     explain.register(top, None)

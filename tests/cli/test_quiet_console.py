@@ -11,7 +11,7 @@ import pytest
 
 from audit.tflog import ABSL_BANNER, filter_startup_log
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # What TensorFlow's C++ runtime prints: Abseil-format records (I/W/E/F, MMDD, time, thread, file:line]),
 # Abseil's banner, and the known start-up and tf.data lines.
 TF_LOG_PATTERNS = [
@@ -82,7 +82,7 @@ def test_tensorflow_import_is_quiet_and_logs_return_on_request():
 @pytest.mark.slow
 def test_cli_training_prints_only_its_own_progress(oasis_dir, tmp_path):
     """A real CLI run that imports TensorFlow and trains one epoch through tf.data with augmentation."""
-    result = run(["-m", "audit.cli", "train", "--data", str(oasis_dir), "--out", str(tmp_path / "run"),
+    result = run(["-m", "alzaudit.cli", "train", "--data", str(oasis_dir), "--out", str(tmp_path / "run"),
                   "--input-size", "32", "--epochs2", "1", "--batch-size", "8"])
     assert result.returncode == 0, result.stderr
     assert tf_log_lines(result.stderr + result.stdout) == []

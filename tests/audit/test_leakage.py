@@ -410,7 +410,7 @@ def test_duplicates_filed_under_two_labels_are_reported(clean, tmp_path, capsys)
     assert any(w.startswith("LABELS: 2") for w in report["warnings"])
     assert report["max_rate"] == 0.0          # a twin under another label is not a same-class split leak
     json.dumps(report)
-    from audit.commands.leakage import print_report
+    from alzaudit.commands.leakage import print_report
 
     print_report(report)
     printed = "".join(capsys.readouterr().out.split())          # rich wraps long lines
@@ -534,7 +534,7 @@ def test_hash_cache_is_reused_and_invalidated_by_a_changed_file(cohort, tmp_path
 
 # ------------------------------------------------------------------------------------------------ CLI
 def test_cli_writes_json_and_grid_and_exits_zero(planted, tmp_path, capsys):
-    from audit.cli import main
+    from alzaudit.cli import main
 
     manifest, expected = planted
     out = tmp_path / "leak.json"
@@ -549,7 +549,7 @@ def test_cli_writes_json_and_grid_and_exits_zero(planted, tmp_path, capsys):
 
 
 def test_cli_split_by_pseudo_subject(planted, tmp_path):
-    from audit.cli import main
+    from alzaudit.cli import main
 
     manifest, expected = planted
     anonymous = manifest.subset(Sample(s.path, s.label) for s in manifest.samples)
@@ -561,14 +561,14 @@ def test_cli_split_by_pseudo_subject(planted, tmp_path):
 
 
 def test_cli_names_a_missing_input(tmp_path, capsys):
-    from audit.cli import main
+    from alzaudit.cli import main
 
     assert main(["data", "leakage", str(tmp_path / "nope")]) == 2
     assert "nope" in capsys.readouterr().err
 
 
 def test_cli_names_a_bad_threshold(planted, capsys):
-    from audit.cli import main
+    from alzaudit.cli import main
 
     manifest, _ = planted
     assert main(["data", "leakage", str(manifest.root / "manifest.csv"), "--no-cache", "--match-min", "1.5"]) == 2

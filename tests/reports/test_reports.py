@@ -21,7 +21,7 @@ from reports import render_report
 from reports.assets import AssetReader
 from reports.fetcher import RefusedURL, ReportURLFetcher
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = "<script>alert(1)</script>"
 IMG = '<img src="file:///etc/passwd">'
 LINK = '<link rel="attachment" href="file:///etc/passwd">'
@@ -272,7 +272,7 @@ def test_cli_report_does_not_import_tensorflow(tmp_path):
                     attempts.append(name)
                     raise ImportError("blocked: " + name)
         sys.meta_path.insert(0, Block())
-        from audit.cli import main
+        from alzaudit.cli import main
         rc = main(["report", {str(path)!r}, "--out", {str(tmp_path / "cli")!r}, "--no-pdf"])
         assert rc == 0, rc
         assert not attempts, attempts

@@ -28,8 +28,8 @@ import pytest
 
 from model.errors import AlzAuditError
 
-HELPER = Path(__file__).with_name("distribute_helper.py")
-ROOT = Path(__file__).resolve().parents[1]
+HELPER = Path(__file__).resolve().parents[1] / "distribute_helper.py"
+ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 240          # seconds; a subprocess is killed after this (typical: 30-60 s on 2 busy cores)
 ARRAY_TOL = 1e-5
 LOSS_RTOL = 1e-3
@@ -125,7 +125,7 @@ def test_rows_per_epoch_never_leaves_a_replica_empty():
 
 
 def test_train_cli_multiworker_without_tf_config_is_one_line_error(monkeypatch, tmp_path, capsys):
-    from audit.cli import main
+    from alzaudit.cli import main
 
     monkeypatch.delenv("TF_CONFIG", raising=False)
     code = main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--strategy", "multiworker"])

@@ -11,7 +11,7 @@ import pytest
 
 import keras
 
-from audit.cli import main as cli_main  # noqa: E402
+from alzaudit.cli import main as cli_main  # noqa: E402
 from audit.explain import (candidate_layers, class_activation_maps, default_layer, gradcam,  # noqa: E402
                            gradcam_plus_plus, inline_nested, integrated_gradients, normalise_maps, overlay,
                            predict, saliency, smoothgrad)
@@ -367,7 +367,7 @@ def test_not_estimable_completeness_is_nan_and_never_loops(linear, hand_images):
     ({"tolerance": "tight"}, "tolerance: must be a positive number"),
     ({"tolerance": 0.01, "min_steps": 32, "max_steps": 16}, "max_steps: must be at least min_steps"),
     ({"tolerance": 0.01, "min_steps": 0}, "min_steps: must be at least 1"),
-    ({"steps": 0}, "--steps: must be at least 1"),
+    ({"steps": 0}, "^steps: must be at least 1"),  # the parameter, not a CLI flag
     ({"output": "softmax"}, "unknown IG output"),
 ])
 def test_ig_option_errors_are_one_line(linear, hand_images, kwargs, message):

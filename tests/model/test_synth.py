@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from audit.cli import main
+from alzaudit.cli import main
 from model.classes import CLASSES
 from model.manifest import load_dataset
 from model.synth import plan_cohort, stage_counts, synthesize_cohort
@@ -250,7 +250,7 @@ def test_cli_writes_a_cohort_and_replaces_a_previous_one(template, tmp_path, cap
 
 
 def test_importing_the_command_loads_neither_tensorflow_nor_nilearn():
-    code = ("import sys, audit.cli, audit.commands.synth, model.synth, model.synth_render; audit.cli.build_parser(); "
+    code = ("import sys, alzaudit.cli, alzaudit.commands.synth, model.synth, model.synth_render; alzaudit.cli.build_parser(); "
             "bad = [m for m in ('tensorflow', 'nilearn', 'keras') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
