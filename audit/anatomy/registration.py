@@ -31,7 +31,7 @@ from model.errors import AlzAuditError
 
 SEARCH_Z_MM = (-40, 70)   # template levels searched (MNI z, mm): the brain above the cerebellum's bulk
 PRIOR_Z_MM = (-30, 50)    # levels where the prior is defined; a best match outside is refused
-MIN_QUALITY = 0.55        # lowest accepted correlation inside the template brain (see docs/anatomical_prior.md)
+MIN_QUALITY = 0.50        # lowest accepted correlation inside the template brain (see docs/anatomical_prior.md)
 MIN_OVERLAP = 0.75        # lowest accepted Dice of the foreground estimate with the warped template brain
 VENT_EXCLUDE_MM = 10.0    # template tissue this close to the ventricles does not count in matching
 _WORK = 112               # longer side (px) of the working copy of each image
@@ -95,7 +95,8 @@ def load_atlas() -> TemplateAtlas:
                         for b in brain]).astype(np.uint8)
     match_2 = np.stack([cv2.resize((b & f).astype(np.float32), (w // 2, h // 2), interpolation=cv2.INTER_AREA) > 0.5
                         for b, f in zip(brain, far)]).astype(np.uint8)
-    eval_2 = np.stack([ndi.binary_erosion(b, iterations=1) for b in match_2])
+    # Quality is judged 4 mm inside the brain: the outline alone (any bright ellipse) must not pass.
+    eval_2 = np.stack([ndi.binary_erosion(b, iterations=2) for b in match_2])
     centres, axes = zip(*(_moments(b) for b in brain_2))
     centre_2, axes_2 = np.array(centres), np.array(axes)
     canon = {}
@@ -318,9 +319,14 @@ def _foreground(work: np.ndarray) -> tuple[np.ndarray, bool]:
     if n == 0:
         return fg, skull
     sizes = ndi.sum_labels(fg, labels, np.arange(1, n + 1))
-    fg = labels == (int(np.argmax(sizes)) + 1)
-    fg = ndi.binary_fill_holes(ndi.binary_closing(fg, iterations=2))
-    return fg, skull
+    main = int(np.argmax(sizes)) + 1
+    brain = labels == main
+    ys, xs = np.nonzero(brain)
+    cy, cx = int(round(ys.mean())), int(round(xs.mean()))
+    for i in range(1, n + 1):  # a thinner ring around the brain (scalp) still marks a skull-on slice
+        if i != main and sizes[i - 1] > 0.05 * sizes[main - 1] and ndi.binary_fill_holes(labels == i)[cy, cx]:
+            skull = True
+    return ndi.binary_fill_holes(ndi.binary_closing(brain, iterations=2)), skull
 
 
 # --- geometry ----------------------------------------------------------------------------------
