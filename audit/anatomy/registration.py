@@ -172,7 +172,10 @@ def _register_one(atlas: TemplateAtlas, image: np.ndarray, mask: np.ndarray | No
     centre, axes = _moments(fg)
     # Coarse: every level x pose hypothesis at once (rows of the template tables against a few vectors).
     hypotheses = []
-    for frame, m in (("axes", axes), ("axes", -axes), ("upright", _upright(axes))):
+    # Pose hypotheses: principal axes (either way round), upright; each also at 0.85 x the size, for
+    # skull-on slices whose foreground estimate kept part of the skull or scalp.
+    poses = [("axes", axes), ("axes", -axes), ("upright", _upright(axes))]
+    for frame, m in poses + [(f, 0.85 * m) for f, m in poses]:
         vector = _canonical(work, centre, m).ravel()
         values, masks = atlas.canon[frame]
         hypotheses.append((frame, m, _masked_ncc(values, masks, vector)))
@@ -282,6 +285,9 @@ def _prepare(image: np.ndarray, mask: np.ndarray | None):
         work = work * fg
     else:
         fg, skull = _foreground(work)
+    border = np.concatenate([work[:3].ravel(), work[-3:].ravel(), work[:, :3].ravel(), work[:, -3:].ravel()])
+    if float(np.median(border)) > 0.2:
+        return _refuse("no dark background around the head (image border is bright)")
     area = float(fg.mean())
     if area < 0.04 or area > 0.95:
         return _refuse(f"no brain-sized foreground ({100 * area:.0f} % of the image)", skull=skull)
