@@ -80,11 +80,11 @@ def summary(values) -> dict:
     if len(values) == 0:
         return {"median": None, "p95": None, "worst": None, "n": 0}
     return {"median": float(np.median(values)), "p95": float(np.percentile(values, 95)),
-            "worst": float(values.max()), "n": int(len(values))}
+            "worst": float(values.max()), "n": len(values)}
 
 
 def evaluate(name, images, masks, brains, z, labels):
-    from audit.anatomy import ad_prior, prior_regions, register_slices, template_brain
+    from audit.anatomy import register_slices, template_brain
 
     start = time.perf_counter()
     regs = register_slices(images)
@@ -151,7 +151,11 @@ def main() -> None:
     args = parser.parse_args()
 
     from audit.anatomy.prior import load_prior
-    from audit.anatomy.registration import load_atlas, naive_register_slices, register_slices
+    from audit.anatomy.registration import (
+        load_atlas,
+        naive_register_slices,
+        register_slices,
+    )
     from model.fileio import atomic_write_json
 
     t0 = time.perf_counter()

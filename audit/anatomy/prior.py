@@ -40,7 +40,7 @@ class PriorPlanes:
     regions: dict                     # name -> (Z, H, W) float32 in [0, 1]
 
     def plane(self, z_mm: float) -> int:
-        index = int(round(z_mm)) - int(self.z_mm[0])
+        index = round(z_mm) - int(self.z_mm[0])
         if not 0 <= index < len(self.z_mm):
             raise AlzAuditError(f"registrations: level z={z_mm} mm is outside the prior's range {PRIOR_Z_MM} mm")
         return index

@@ -74,7 +74,7 @@ class TemplateAtlas:
     canon: dict                 # frame name -> (values (L, P), masks (L, P)) in the moment-normalised frame
 
     def level(self, z_mm: float) -> int:
-        return int(round(z_mm)) - int(self.z_mm[0])
+        return round(z_mm) - int(self.z_mm[0])
 
 
 @functools.lru_cache(maxsize=1)
@@ -191,7 +191,7 @@ def _register_one(atlas: TemplateAtlas, image: np.ndarray, mask: np.ndarray | No
     for k in candidates:
         frame, m, _ = hypotheses[int(np.argmax(scores[:, k]))]
         t_axes = atlas.axes_2[k] if frame == "axes" else _upright(atlas.axes_2[k])
-        warp, rho = _ecc(atlas, k, work, _init_matrix(atlas.centre_2[k], t_axes, centre, m))
+        warp, _rho = _ecc(atlas, k, work, _init_matrix(atlas.centre_2[k], t_axes, centre, m))
         if warp is None:
             continue
         k2, warp2, rho2 = _fine_level(atlas, k, warp, work)
@@ -212,7 +212,7 @@ def _fine_level(atlas: TemplateAtlas, k: int, warp: np.ndarray, work: np.ndarray
     k2 = lo + int(np.argmax(_masked_ncc(_standardise(values, masks), masks, warped)))
     if k2 == k:
         return k, warp, _quality(atlas, k, warp, work)
-    warp2, rho2 = _ecc(atlas, k2, work, warp)
+    warp2, _rho2 = _ecc(atlas, k2, work, warp)
     if warp2 is None:
         return k, warp, _quality(atlas, k, warp, work)
     return k2, warp2, _quality(atlas, k2, warp2, work)
@@ -224,7 +224,7 @@ def _finish(atlas: TemplateAtlas, best, work: np.ndarray, fg: np.ndarray, scale:
     quality = _quality(atlas, k, warp, work)
     z = float(atlas.z_mm[k])
     matrix = _to_image(warp, scale)
-    h2, w2 = atlas.t1_2.shape[1:]
+    _h2, _w2 = atlas.t1_2.shape[1:]
     warped_brain = cv2.warpAffine(atlas.brain_2[k], warp, fg.shape[::-1], flags=cv2.INTER_NEAREST) > 0
     dice = 2.0 * float((warped_brain & fg).sum()) / max(float(warped_brain.sum() + fg.sum()), 1.0)
     singular = np.linalg.svd(warp[:, :2], compute_uv=False)
@@ -274,7 +274,7 @@ def _prepare(image: np.ndarray, mask: np.ndarray | None):
     if float(image.std()) < 1.0 or hi - lo < 4.0:
         return _refuse("blank or near-constant image")
     factor = _WORK / max(h, w)
-    size = (max(int(round(w * factor)), 16), max(int(round(h * factor)), 16))
+    size = (max(round(w * factor), 16), max(round(h * factor), 16))
     work = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
     work = np.clip((work - min(lo, float(image.min()))) / max(hi - min(lo, float(image.min())), 1e-6), 0, 1)
     work = cv2.GaussianBlur(work.astype(np.float32), (0, 0), 0.8)
@@ -328,7 +328,7 @@ def _foreground(work: np.ndarray) -> tuple[np.ndarray, bool]:
     main = int(np.argmax(sizes)) + 1
     brain = labels == main
     ys, xs = np.nonzero(brain)
-    cy, cx = int(round(ys.mean())), int(round(xs.mean()))
+    cy, cx = round(ys.mean()), round(xs.mean())
     for i in range(1, n + 1):  # a thinner ring around the brain (scalp) still marks a skull-on slice
         if i != main and sizes[i - 1] > 0.05 * sizes[main - 1] and ndi.binary_fill_holes(labels == i)[cy, cx]:
             skull = True

@@ -33,7 +33,7 @@ class Volumes:
         return np.arange(self.t1.shape[2]) + int(self.origin[2])
 
     def z_index(self, z_mm: float) -> int:
-        return int(round(z_mm)) - int(self.origin[2])
+        return round(z_mm) - int(self.origin[2])
 
 
 @functools.lru_cache(maxsize=1)
@@ -45,7 +45,7 @@ def load_volumes() -> Volumes:
         t1_img = datasets.load_mni152_template(resolution=1)
         gm_img = datasets.load_mni152_gm_template(resolution=1)
         wm_img = datasets.load_mni152_wm_template(resolution=1)
-    except Exception as exc:  # pragma: no cover - depends on the installed nilearn
+    except Exception as exc:  # noqa: BLE001  # pragma: no cover - depends on the installed nilearn
         raise AlzAuditError(f"nilearn MNI152 template: could not be loaded ({type(exc).__name__}: {exc})") from None
     t1 = np.asarray(t1_img.get_fdata(dtype=np.float32))
     if t1.shape != _SHAPE or np.abs(t1_img.affine[:3, 3] + _MNI_ORIGIN_VOX).max() > 1:

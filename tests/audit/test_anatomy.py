@@ -1,8 +1,6 @@
 """audit.anatomy: registration to MNI152 on synthetic slices with known truth, refusals, and the prior."""
 from __future__ import annotations
 
-import dataclasses
-
 import cv2
 import numpy as np
 import pytest
