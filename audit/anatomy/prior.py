@@ -19,9 +19,15 @@ from scipy import ndimage as ndi
 
 from audit.anatomy.registration import PRIOR_Z_MM, SliceRegistration
 from audit.anatomy.template import load_volumes, to_planes, ventricle_distance
-from model.errors import AlzAuditError
+from model.errors import ParameterError
 
 REGIONS = ("periventricular", "cortical_ribbon", "medial_temporal")
+# The regions the evidence prior (ad_prior) is made of: where AD atrophy is visible on an axial slice at a
+# glance, ventricular enlargement and medial temporal atrophy (Frisoni et al. 2010; the MTA scale). The
+# cortical ribbon is mapped and reported, but left out: cortical atrophy is not specific to AD (it comes
+# with age and other dementias), and at the brain's surface a content-free edge map already scores above
+# a brain-uniform map (docs/anatomical_prior.md), so the ribbon rewards edge detectors, not evidence.
+PRIOR_REGIONS = ("periventricular", "medial_temporal")
 # Periventricular band: ventricles and tissue within PV_FULL_MM of them weigh 1, falling to 0 at PV_MAX_MM.
 PV_FULL_MM, PV_MAX_MM = 6.0, 16.0
 # Cortical ribbon: grey matter within RIBBON_MM of sulcal CSF or the brain surface, at most RIBBON_DEPTH_MM deep.
@@ -42,7 +48,7 @@ class PriorPlanes:
     def plane(self, z_mm: float) -> int:
         index = round(z_mm) - int(self.z_mm[0])
         if not 0 <= index < len(self.z_mm):
-            raise AlzAuditError(f"registrations: level z={z_mm} mm is outside the prior's range {PRIOR_Z_MM} mm")
+            raise ParameterError("registrations", f"level z={z_mm} mm is outside the prior's range {PRIOR_Z_MM} mm")
         return index
 
 
@@ -81,10 +87,15 @@ def prior_regions(registrations: list[SliceRegistration], shape: tuple[int, int]
     return {name: _warp_all(registrations, shape, prior, prior.regions[name]) for name in REGIONS}
 
 
-def ad_prior(registrations: list[SliceRegistration], shape: tuple[int, int]) -> np.ndarray:
-    """(N, H, W) float32 in [0, 1]: the union (pixel maximum) of the regions; zeros for refused slices."""
-    maps = prior_regions(registrations, shape)
-    return np.max(np.stack([maps[name] for name in REGIONS]), axis=0)
+def ad_prior(registrations: list[SliceRegistration], shape: tuple[int, int],
+             regions: tuple[str, ...] = PRIOR_REGIONS) -> np.ndarray:
+    """(N, H, W) float32 in [0, 1]: the union (pixel maximum) of ``regions`` (default ``PRIOR_REGIONS``);
+    zeros for refused slices."""
+    unknown = set(regions) - set(REGIONS)
+    if not regions or unknown:
+        raise ParameterError("regions", f"choose from {', '.join(REGIONS)}, got {', '.join(regions) or 'none'}")
+    prior = load_prior()
+    return np.max(np.stack([_warp_all(registrations, shape, prior, prior.regions[name]) for name in regions]), axis=0)
 
 
 def template_brain(registrations: list[SliceRegistration], shape: tuple[int, int]) -> np.ndarray:
@@ -98,7 +109,7 @@ def _warp_all(registrations, shape, prior: PriorPlanes, planes: np.ndarray) -> n
     out = np.zeros((len(registrations), h, w), np.float32)
     for i, reg in enumerate(registrations):
         if not isinstance(reg, SliceRegistration):
-            raise AlzAuditError(f"registrations: item {i} is a {type(reg).__name__}, not a SliceRegistration")
+            raise ParameterError("registrations", f"item {i} is a {type(reg).__name__}, not a SliceRegistration")
         if not reg.ok:
             continue
         plane = planes[prior.plane(reg.z_mm)]
@@ -111,7 +122,7 @@ def _check_shape(shape) -> tuple[int, int]:
     try:
         h, w = (int(s) for s in shape)
     except (TypeError, ValueError):
-        raise AlzAuditError(f"shape: expected (H, W), got {shape!r}") from None
+        raise ParameterError("shape", f"expected (H, W), got {shape!r}") from None
     if h < 1 or w < 1:
-        raise AlzAuditError(f"shape: expected positive (H, W), got {shape!r}")
+        raise ParameterError("shape", f"expected positive (H, W), got {shape!r}")
     return h, w

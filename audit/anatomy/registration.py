@@ -27,7 +27,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from audit.anatomy.template import load_volumes, to_planes, ventricle_distance
-from model.errors import AlzAuditError
+from model.errors import ParameterError
 
 SEARCH_Z_MM = (-40, 70)   # template levels searched (MNI z, mm): the brain above the cerebellum's bulk
 PRIOR_Z_MM = (-30, 50)    # levels where the prior is defined; a best match outside is refused
@@ -127,7 +127,7 @@ def register_slices(images: np.ndarray, *, brain_masks: np.ndarray | None = None
     if brain_masks is not None:
         masks = _check_images(brain_masks, "brain_masks")
         if masks.shape != stack.shape:
-            raise AlzAuditError(f"brain_masks: shape {masks.shape[:3]} does not match images {stack.shape[:3]}")
+            raise ParameterError("brain_masks", f"shape {masks.shape[:3]} does not match images {stack.shape[:3]}")
     atlas = load_atlas()
     out = []
     with _progress(progress, len(stack)) as advance:
@@ -254,16 +254,16 @@ def _check_images(images, name: str) -> np.ndarray:
     if array.ndim == 4 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim != 3:
-        raise AlzAuditError(f"{name}: expected (N,H,W) or (N,H,W,1), got shape {np.shape(images)}")
+        raise ParameterError(name, f"expected (N,H,W) or (N,H,W,1), got shape {np.shape(images)}")
     if array.shape[1] < 32 or array.shape[2] < 32:
-        raise AlzAuditError(f"{name}: slices of at least 32x32 pixels are needed, got {array.shape[1]}x{array.shape[2]}")
+        raise ParameterError(name, f"slices of at least 32x32 pixels are needed, got {array.shape[1]}x{array.shape[2]}")
     if array.dtype == bool:
         array = array.astype(np.uint8)
     if not np.issubdtype(array.dtype, np.number):
-        raise AlzAuditError(f"{name}: expected numeric pixel values, got dtype {array.dtype}")
+        raise ParameterError(name, f"expected numeric pixel values, got dtype {array.dtype}")
     array = array.astype(np.float32, copy=False)
     if not np.isfinite(array).all():
-        raise AlzAuditError(f"{name}: contains NaN or infinite values")
+        raise ParameterError(name, "contains NaN or infinite values")
     return array
 
 
