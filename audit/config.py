@@ -34,6 +34,8 @@ class AuditConfig:
                                      # cache keys: distributed arrays equal single-device ones within 1e-5
     gallery_per_class: int = 2
     layer: str | None = None
+    explainer: str = "gradcam"       # the audited explainer (audit.stages.explanations.EXPLAINERS); "edge" and
+                                     # "centre" are reference explainers the gate must fail (its calibration)
     heatmap_sample: int = 32
     cache: bool = True
     progress: bool = True

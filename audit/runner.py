@@ -17,7 +17,7 @@ from audit.cache import ArrayCache
 from audit.config import AuditConfig
 from audit.inputs import AuditInputs
 from audit.sampling import IG_SALT, sample, stratified_indices
-from audit.stages import change, data, explanations, performance, quality
+from audit.stages import anatomy, change, data, explanations, performance, quality
 from model.classes import CLASSES
 from model.errors import AlzAuditError
 from model.manifest import Manifest
@@ -106,17 +106,12 @@ class AuditRun(AuditInputs):
                        strategy=self.strategy)
 
     def gradcam(self, x: np.ndarray, targets: np.ndarray) -> np.ndarray:
-        from audit.explain import gradcam
-
-        return gradcam(self.model, x, targets, layer=self.layer, batch_size=self.config.batch_size,
-                       strategy=self.strategy)
+        """The audited explainer's maps (Grad-CAM by default; see ``explanations.audited_maps``)."""
+        return explanations.audited_maps(self, self.model, x, targets)
 
     def explainer(self, model, x, targets=None):
-        """Grad-CAM at the audited layer for any model of the same architecture (randomization)."""
-        from audit.explain import gradcam
-
-        return gradcam(model, x, targets, layer=self.layer, batch_size=self.config.batch_size,
-                       strategy=self.strategy if model is self.model else None)
+        """The audited explainer for any model of the same architecture (randomization)."""
+        return explanations.audited_maps(self, model, x, targets)
 
     def gradcam_for(self, idx: np.ndarray) -> np.ndarray:
         """Grad-CAM maps of images ``idx``, from the cached maps where they cover them."""
@@ -161,7 +156,8 @@ class AuditRun(AuditInputs):
     def gradcam_maps(self) -> np.ndarray:
         """Grad-CAM of the predicted class for ``gradcam_indices`` (all images by default)."""
         return self.cache.get("gradcam", lambda: self._timed("gradcam", lambda: explanations.gradcam_maps(self)),
-                              self.layer, self.config.gradcam_images, self.config.seed)
+                              self.layer, self.config.gradcam_images, self.config.seed,
+                              *(() if self.config.explainer == "gradcam" else (self.config.explainer,)))
 
     @cached_property
     def ig_indices(self) -> np.ndarray:
@@ -194,6 +190,30 @@ class AuditRun(AuditInputs):
     @cached_property
     def localization(self) -> dict | None:
         return quality.localization(self)
+
+    @cached_property
+    def registrations(self) -> list:
+        return self._timed("registration", lambda: anatomy.registrations(self))
+
+    @cached_property
+    def registration_summary(self) -> dict:
+        return anatomy.registration_summary(self)
+
+    @cached_property
+    def prior_maps(self) -> np.ndarray:
+        return anatomy.prior_maps(self)
+
+    @cached_property
+    def template_brain(self) -> np.ndarray:
+        return anatomy.template_brain(self)
+
+    @cached_property
+    def control_brain(self) -> np.ndarray:
+        return anatomy.control_brain(self)
+
+    @cached_property
+    def prior_localization(self) -> dict | None:
+        return quality.prior_localization(self)
 
     @cached_property
     def convergence(self):

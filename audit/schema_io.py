@@ -12,7 +12,7 @@ from typing import Any
 from model.errors import AlzAuditError
 
 SCHEMA_PATH = Path(__file__).with_name("schema") / "audit.schema.json"
-SCHEMA_VERSION = "1.2"
+SCHEMA_VERSION = "1.3"
 
 # The vocabulary audit.json shares with its readers (the gate writes it, the report reads it): one home.
 # Check statuses, worst first: the order checks are listed in.
@@ -28,6 +28,7 @@ CONTROL_FIGURES = {
     "localization_energy": ("Localisation: energy inside mask", "localization", "energy_pointing"),
     "localization_auprc": ("Localisation: AUPRC against mask", "localization", "auprc"),
     "outside_brain_mass": ("Energy outside the brain (lower better)", "localization", "outside_brain"),
+    "prior_localization": ("AD evidence prior: energy inside (no masks needed)", "prior_localization", "energy"),
     "deletion_auc": ("Deletion AUC (lower better)", "faithfulness", "deletion_auc"),
     "insertion_auc": ("Insertion AUC", "faithfulness", "insertion_auc"),
     "faithfulness_score": ("Insertion − deletion AUC", "faithfulness", "score"),

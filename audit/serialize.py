@@ -73,6 +73,7 @@ def figures_section(run, *, compute: bool = False) -> dict:
         "faithfulness": safely("faithfulness", lambda: faithfulness_section(run.faithfulness)),
         "randomization": safely("randomization", lambda: randomization_section(run.randomization)),
         "localization": safely("localization", lambda: localization_section(run.localization)),
+        "prior_localization": safely("prior_localization", lambda: prior_section(run)),
         "convergence": safely("convergence", lambda: {"completeness_error": summary(run.convergence),
                                                       "steps": run.config.ig_steps, **ig_effort(run.ig)}),
         "leakage": safely("leakage", lambda: leakage_section(run.leakage)),
@@ -179,7 +180,19 @@ def localization_section(result: dict | None) -> dict | None:
         return None
     return {"energy_pointing": summary(result.get("energy_pointing")), "hit_rate": summary(result.get("pointing_game")),
             "auprc": summary(result.get("auprc")), "outside_brain": summary(result.get("outside_brain")),
-            "n_evaluated": result.get("n_evaluated"), "n_empty_masks": result.get("n_excluded_empty_mask")}
+            "n_evaluated": result.get("n_evaluated"), "n_empty_masks": result.get("n_excluded_empty_mask"),
+            "brain_source": result.get("brain_source")}
+
+
+def prior_section(run) -> dict | None:
+    """The mask-free localisation: registration to the template, and the map's mass inside the AD prior."""
+    result = run.prior_localization
+    if result is None:
+        return None
+    return {"applicable": result["applicable"], "reason": result.get("reason"),
+            "energy": summary(result.get("energy")), "prior_area_share": result.get("prior_area_share"),
+            "regions": result.get("regions"),
+            "selection": to_jsonable(result["selection"]), "registration": to_jsonable(run.registration_summary)}
 
 
 def leakage_section(report: dict) -> dict:

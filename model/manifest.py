@@ -101,6 +101,11 @@ class Manifest:
     def subset(self, samples: Iterable[Sample]) -> "Manifest":
         return replace(self, samples=list(samples), skipped=list(self.skipped), warnings=list(self.warnings))
 
+    def without_masks(self) -> "Manifest":
+        """The same images with no lesion or brain masks: what users' Kaggle and OASIS slices look like."""
+        return self.subset(replace(s, mask_path=None, extra={k: v for k, v in s.extra.items() if k != "brain_mask_path"})
+                           for s in self.samples)
+
     def split(self, name: str) -> "Manifest":
         """The samples of one split; an error naming the split when there are none."""
         if not self.has_splits:

@@ -10,6 +10,8 @@ PETSIUK = "Petsiuk et al. 2018, BMVC (arXiv 1806.07421)"
 ARUN = "Arun et al. 2021, Radiology: AI (arXiv 2008.02766)"
 WANG = "Wang et al. 2020, CVPR-W (arXiv 1910.01279)"
 GUO = "Guo et al. 2017, ICML (arXiv 1706.04599)"
+FRISONI = "Frisoni et al. 2010, Nat Rev Neurol 6:67"
+SCHELTENS = "Scheltens et al. 1992, J Neurol Neurosurg Psychiatry 55:967"
 
 # id -> (title, group, meaning, cites). Per-sigma and per-device ids share their stem's entry.
 CATALOG: dict[str, tuple[str, str, str, list[str]]] = {
@@ -61,7 +63,14 @@ CATALOG: dict[str, tuple[str, str, str, list[str]]] = {
                                         "precision-recall of the map against the masks, beside the control maps",
                                         [ARUN]),
     "explanations.outside_brain_mass": ("Map mass outside the brain", "explanations",
-                                         "share of Grad-CAM mass outside the brain: a shortcut signal", [ARUN]),
+                                         "share of Grad-CAM mass outside the brain (the brain masks, else the "
+                                         "MNI152 brain registered to each slice): a shortcut signal", [ARUN]),
+    "explanations.prior_localization": ("Localization without masks (AD evidence prior)", "explanations",
+                                        "share of Grad-CAM mass inside where Alzheimer's disease shows on an axial "
+                                        "slice (periventricular band, cortical ribbon, medial temporal lobe of the "
+                                        "MNI152 template registered to each slice), beside a random, brain-uniform, "
+                                        "edge and centre-prior map; gates when the data have no lesion masks",
+                                        [FRISONI, SCHELTENS, WANG]),
     "stability.ssim": ("Stability under noise (SSIM)", "stability",
                        "mean SSIM between Grad-CAM maps of clean and noisy copies", [ARUN]),
     "stability.max_flip_rate": ("Prediction flips under noise", "stability",
@@ -85,6 +94,42 @@ CATALOG: dict[str, tuple[str, str, str, list[str]]] = {
                              ("stability_ssim", "map SSIM under noise at the worst noise level"))},
     "throughput.inference": ("Inference throughput", "throughput", "images per second at batch 32", []),
     "throughput.gradcam": ("Grad-CAM throughput", "throughput", "explained images per second at batch 32", []),
+}
+
+# What each explanation check can and cannot detect (the report and README print it beside the verdict):
+# a PASS means no more than its first half.
+SCOPE: dict[str, tuple[str, str]] = {
+    "explanations.agreement_spearman": (
+        "whether Grad-CAM and IG rank the same pixels, more than a content-free map ranks them like IG",
+        "whether either points at the disease: useless models agree best (an untrained model scored +0.58 over "
+        "the best control, a brightness model +0.85), so it only warns"),
+    "explanations.faithfulness_score": (
+        "whether the map ranks first the pixels the model's own logit depends on",
+        "whether that dependence is on the disease: it measures fidelity to the model's function, whatever "
+        "it learned (random-weight models pass it)"),
+    "explanations.faithfulness_deletion_gain": (
+        "the deletion half of the faithfulness score", "as the faithfulness score; warn only"),
+    "explanations.faithfulness_insertion_gain": (
+        "the insertion half of the faithfulness score", "as the faithfulness score; warn only"),
+    "explanations.randomization_max_similarity": (
+        "maps that do not depend on the learned weights (an edge detector, a copy of the image)",
+        "whether the learned weights encode the disease: a model that learned a shortcut passes"),
+    "explanations.ig_completeness_error": (
+        "an Integrated Gradients sum that has not converged (its maps would be numerical noise)",
+        "anything about the model or what it looks at"),
+    "explanations.localization_energy": (
+        "map mass on the ground-truth atrophy, beyond a random, brain-uniform, edge and centre map",
+        "nothing on data without lesion masks (Kaggle, OASIS): it is then not applicable"),
+    "explanations.localization_auprc": (
+        "whether the atrophy's pixels rank first in the map", "as localisation energy; warn only"),
+    "explanations.prior_localization": (
+        "maps that do not look where Alzheimer's shows on an axial slice (around the ventricles, the medial "
+        "temporal lobe): edge maps, the brain's outline, a centre prior, a marker; no masks needed",
+        "atrophy from other causes in the same places; cortical evidence (reported, not gated); slices that do "
+        "not register to the template (refused, and counted)"),
+    "explanations.outside_brain_mass": (
+        "map mass off the brain: markers, text, the frame (brain masks, else the registered MNI152 brain)",
+        "misplaced attention inside the brain"),
 }
 
 

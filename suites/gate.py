@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 
 from audit.schema_io import STATUS_ORDER
-from suites.catalog import describe
+from suites.catalog import SCOPE, describe
 from suites.thresholds import Thresholds
 
 
@@ -22,14 +22,19 @@ class Gate:
     checks: dict[str, dict] = field(default_factory=dict)
     expected: list[str] = field(default_factory=list)   # every check id this gate must decide
 
-    def check(self, check_id: str, value, *, detail: str = "", comparison: dict | None = None) -> None:
+    def check(self, check_id: str, value, *, detail: str = "", comparison: dict | None = None,
+              not_gating: str | None = None) -> None:
         """Record a verdict for ``value``; fail the calling test when a fail-severity rule is missed.
 
         ``comparison`` (from ``audit.quality.skill.compare_to_controls``) is the figure beside its control
         maps; it is stored with the check, and a ``skill_min`` rule judges its lower CI bound.
+        ``not_gating``: why this check only warns on this data (e.g. a stronger check applies).
         """
         title, group, meaning, cites = describe(check_id)
         rule = self._rule_or_not_run(check_id, None if value is None else float(value), comparison)
+        if not_gating:
+            rule = replace(rule, severity="warn")
+            detail = "; ".join(filter(None, [detail, f"warn only: {not_gating}"]))
         if rule.basis == "skill":
             self._check_skill(check_id, rule, comparison, detail, (title, group, meaning, cites))
             return
@@ -136,6 +141,9 @@ class Gate:
             "cites": list(cites), "basis": rule.basis if rule else "value"}
         if comparison is not None:
             self.checks[check_id]["comparison"] = comparison
+        if check_id in SCOPE:
+            detects, blind_to = SCOPE[check_id]
+            self.checks[check_id]["scope"] = {"detects": detects, "cannot_detect": blind_to}
 
     def verdict(self) -> str:
         """FAIL on any FAIL or ERROR (or WARN with fail_on_warn); else INCOMPLETE when any check did not

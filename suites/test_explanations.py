@@ -94,7 +94,26 @@ def test_maps_rank_the_atrophy_first(gate, run):
 @pytest.mark.check("explanations.outside_brain_mass")
 def test_maps_stay_inside_the_brain(gate, run):
     result = run.localization
-    if result is None or result.get("outside_brain") is None:
-        gate.not_applicable("explanations.outside_brain_mass", "the dataset has no brain masks")
-    gate.check("explanations.outside_brain_mass", result["outside_brain"].summary["mean"],
+    outside = None if result is None else result.get("outside_brain")
+    if outside is None or not len(outside.per_sample):
+        gate.not_applicable("explanations.outside_brain_mass", "the dataset has no brain masks and no slice "
+                                                               "registered to the MNI152 template")
+    gate.check("explanations.outside_brain_mass", outside.summary["mean"], detail=f"brain: {result['brain_source']}",
                comparison=result["comparisons"].get("outside_brain"))
+
+
+@pytest.mark.check("explanations.prior_localization")
+def test_maps_point_where_alzheimers_shows(gate, run):
+    """The mask-free localisation: mass inside the AD evidence prior, over the best control. It gates where
+    there are no lesion masks (users' data); beside masks it is reported, and localization_energy gates."""
+    result = run.prior_localization
+    if result is None or not result["applicable"]:
+        gate.not_applicable("explanations.prior_localization", (result or {}).get("reason") or "no registration")
+    sel = result["selection"]
+    detail = (f"{sel['n_evaluated']} demented-stage slices of {sel['n_explained']} "
+              f"({sel['n_registered']} registered to MNI152); prior covers {result['prior_area_share']:.0%} "
+              "of the brain" + (f"; {sel['fallback']}" if sel["fallback"] else ""))
+    has_masks = run.masks is not None and bool(np.any(run.masks))
+    gate.check("explanations.prior_localization", result["energy"].summary["mean"], detail=detail,
+               comparison=result["comparisons"]["energy"],
+               not_gating="lesion masks are present, so localization_energy gates" if has_masks else None)

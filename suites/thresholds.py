@@ -23,7 +23,8 @@ SCHEMA: dict[str, dict[str, object]] = {
     "explanations": {k: "rule" for k in ("agreement_spearman", "faithfulness_deletion_gain",
                                          "faithfulness_insertion_gain", "faithfulness_score",
                                          "randomization_max_similarity", "ig_completeness_error",
-                                         "localization_energy", "localization_auprc", "outside_brain_mass")},
+                                         "localization_energy", "localization_auprc", "outside_brain_mass",
+                                         "prior_localization")},
     "stability": {"ssim": "by_sigma", "max_flip_rate": "rule"},
     "throughput": {"inference": "by_device", "gradcam": "by_device"},
     "drift": {k: "rule" for k in ("prediction_agreement", "max_probability_difference", "heatmap_ssim",
@@ -36,7 +37,7 @@ SCHEMA: dict[str, dict[str, object]] = {
               "randomization_images": int, "gallery_per_class": int, "batch_size": int,
               "ig_scheme": "ig_scheme", "ig_min_steps": int, "ig_panels": int,
               "randomization_gate_fraction": "share", "min_mask_share": "share", "ig_tolerance": "share",
-              "budget_minutes": float},
+              "budget_minutes": float, "explainer": "explainer"},
 }
 
 
@@ -45,7 +46,8 @@ SKILL_CHECKS = frozenset({
     "explanations.agreement_spearman", "explanations.faithfulness_deletion_gain",
     "explanations.faithfulness_insertion_gain", "explanations.faithfulness_score",
     "explanations.localization_energy",
-    "explanations.localization_auprc", "explanations.outside_brain_mass", "stability.ssim"})
+    "explanations.localization_auprc", "explanations.outside_brain_mass", "explanations.prior_localization",
+    "stability.ssim"})
 
 
 def sigma_id(sigma) -> str:
@@ -167,6 +169,11 @@ def load_thresholds(path: str | Path | None = None) -> Thresholds:
 
                 if not isinstance(value, str) or value not in SCHEMES:
                     raise AlzAuditError(f"{path}: '{section}.{key}' must be one of {', '.join(SCHEMES)}, got {value!r}")
+            elif kind == "explainer":
+                from audit.stages.explanations import EXPLAINERS
+
+                if not isinstance(value, str) or value not in EXPLAINERS:
+                    raise AlzAuditError(f"{path}: '{section}.{key}' must be one of {', '.join(EXPLAINERS)}, got {value!r}")
             elif kind == "by_sigma":
                 if not isinstance(value, dict):
                     raise AlzAuditError(f"{path}: '{section}.{key}' must map noise levels to rules")

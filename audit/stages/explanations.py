@@ -9,6 +9,29 @@ import numpy as np
 
 from audit.sampling import GALLERY_SALT
 from model.classes import CLASSES
+from model.errors import ParameterError
+
+
+# The explainer the gate audits. "edge" and "centre" are reference explainers that ignore the model (a
+# Sobel edge map, a centre prior): a gate with teeth must FAIL them, which is how its bank calibrates it.
+EXPLAINERS = ("gradcam", "gradcam++", "edge", "centre")
+
+
+def audited_maps(run, model, x: np.ndarray, targets) -> np.ndarray:
+    """Maps of the audited explainer (``run.config.explainer``) at the audited layer, for ``model``."""
+    from audit.explain import gradcam, gradcam_plus_plus
+    from audit.quality.controls import centre_prior_maps, edge_maps
+
+    name = run.config.explainer
+    if name == "edge":
+        return edge_maps(x)
+    if name == "centre":
+        return centre_prior_maps(np.asarray(x).shape[:3])
+    if name not in ("gradcam", "gradcam++"):
+        raise ParameterError("explainer", f"unknown explainer '{name}' (choose {', '.join(EXPLAINERS)})")
+    method = gradcam if name == "gradcam" else gradcam_plus_plus
+    return method(model, x, targets, layer=run.layer, batch_size=run.config.batch_size,
+                  strategy=run.strategy if model is run.model else None)
 
 
 def gradcam_maps(run) -> np.ndarray:

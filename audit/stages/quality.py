@@ -13,11 +13,11 @@ from model.classes import REFERENCE_CLASS
 
 
 def control_maps(run, idx: np.ndarray) -> dict[str, np.ndarray]:
-    """Control maps for images ``idx``; the brain-uniform control uses the brain masks when there are some."""
+    """Control maps for images ``idx``; the brain-uniform control fills ``run.control_brain`` (the brain
+    masks, else the registered template brain, else the Otsu foreground)."""
     from audit.quality.controls import control_maps as build
 
-    brain = run.brain_masks[idx] if run.brain_masks is not None else None
-    return build(run.inputs[idx], brain_masks=brain, seed=run.config.seed, keys=idx)
+    return build(run.inputs[idx], brain_masks=run.control_brain[idx], seed=run.config.seed, keys=idx)
 
 
 def compare(run, value, controls: dict, idx: np.ndarray, *, higher_is_better: bool) -> dict:
@@ -114,7 +114,7 @@ def convergence(run):
 
 
 def localization(run) -> dict | None:
-    """Against the atrophy masks, beside the control maps; None without masks.
+    """Against the atrophy masks, beside the control maps (without masks: the outside-brain mass only).
 
     Pointing at the evidence is asked only of correctly classified images whose mask covers at least
     ``min_mask_share`` of the brain (a wrong prediction has no reason to point at the atrophy, and a
@@ -122,17 +122,17 @@ def localization(run) -> dict | None:
     """
     from audit.quality.localization import localization as measure
 
-    if run.masks is None and run.brain_masks is None:
-        return None
     idx = run.gradcam_indices
     shape = (len(idx), *run.images.shape[1:])
     masks = run.masks[idx] if run.masks is not None else np.zeros(shape, bool)
-    brain = run.brain_masks[idx] if run.brain_masks is not None else None
+    # Outside-brain mass needs a brain: the manifest's masks, else the registered template brain (never an
+    # Otsu foreground, which counts a skull as brain); slices that did not register are left out.
+    brain = run.brain_masks[idx] if run.brain_masks is not None else run.template_brain[idx]
     maps, controls = run.gradcam_maps, control_maps(run, idx)
     result = measure(maps, np.zeros(shape, bool), brain_masks=brain)  # outside-brain over all images
 
     pixels = shape[1] * shape[2]
-    brain_area = (brain if brain is not None else controls["brain_uniform"] > 0).reshape(len(idx), pixels).sum(axis=1)
+    brain_area = brain.reshape(len(idx), pixels).sum(axis=1)
     mask_area = (masks > 0.5).reshape(len(idx), pixels).sum(axis=1)
     correct = run.predicted[idx] == run.labels[idx]
     # The reference stage's evidence is the absence of atrophy: its masks mark natural-range changes
@@ -173,4 +173,56 @@ def localization(run) -> dict | None:
             run, result["outside_brain"], {k: v["outside_brain"] for k, v in control_results.items()},
             idx[has_brain], higher_is_better=False)
     result["comparisons"] = comparisons
+    result["brain_source"] = ("brain masks" if run.brain_masks is not None else
+                              f"MNI152 template registered to {int(brain.reshape(len(idx), pixels).any(axis=1).sum())} "
+                              f"of {len(idx)} slices")
     return result
+
+
+def prior_localization(run) -> dict | None:
+    """Share of Grad-CAM mass inside the AD evidence prior (audit.anatomy), beside the controls; None
+    when too few slices register to the template.
+
+    The mask-free counterpart of ``localization``: asked of correctly classified demented-stage slices
+    that registered (all registered demented slices when fewer than 10, or fewer than 2 subjects, are
+    correct). The prior is coarse, so the figure is judged only as skill over the controls.
+    """
+    from audit.quality.localization import energy_inside
+    from audit.stages.anatomy import MIN_REGISTERED
+
+    idx = run.gradcam_indices
+    registered = np.array([run.registrations[i].ok for i in idx], dtype=bool)
+    demented = run.disease_mask[idx]
+    correct = run.predicted[idx] == run.labels[idx]
+    eligible = registered & demented
+    chosen = np.flatnonzero(eligible & correct)
+    fallback = None
+    if len({run.subjects[i] for i in idx[chosen]}) < 2 or len(chosen) < MIN_REGISTERED:
+        fallback = (f"only {len(chosen)} correctly classified, registered demented slice(s): every registered "
+                    "demented slice was evaluated instead")
+        chosen = np.flatnonzero(eligible)
+    selection = {"n_explained": int(len(idx)), "n_registered": int(registered.sum()),
+                 "n_demented_registered": int(eligible.sum()), "n_correct": int((eligible & correct).sum()),
+                 "n_evaluated": int(len(chosen)), "fallback": fallback}
+    if len(chosen) < MIN_REGISTERED:
+        return {"selection": selection, "applicable": False,
+                "reason": f"only {len(chosen)} demented-stage slice(s) registered to the MNI152 template "
+                          f"(at least {MIN_REGISTERED} needed); {run.registration_summary['refused'] or ''}"}
+    from audit.anatomy import prior_regions
+    from audit.quality.base import CITES, MetricResult, normalize_maps
+
+    prior = run.prior_maps[idx[chosen]]
+    maps = normalize_maps(run.gradcam_maps[chosen])
+    brain = run.control_brain[idx[chosen]]
+    regions = {name: {"map_energy": float(energy_inside(maps, region).mean()),
+                      "area_share": float(np.mean(region.sum(axis=(1, 2)) / np.maximum(brain.sum(axis=(1, 2)), 1)))}
+               for name, region in prior_regions([run.registrations[i] for i in idx[chosen]],
+                                                 run.images.shape[1:3]).items()}
+    value = MetricResult("prior_energy", energy_inside(maps, prior), True, [CITES["wang2020"]])
+    controls = {name: MetricResult("prior_energy", energy_inside(normalize_maps(cmaps), prior), True, [])
+                for name, cmaps in control_maps(run, idx[chosen]).items()}
+    return {"energy": value, "controls": controls, "selection": selection, "applicable": True,
+            "indices": [int(i) for i in idx[chosen]],
+            "prior_area_share": float(np.mean(prior.sum(axis=(1, 2)) / np.maximum(brain.sum(axis=(1, 2)), 1))),
+            "regions": regions,
+            "comparisons": {"energy": compare(run, value, controls, idx[chosen], higher_is_better=True)}}
