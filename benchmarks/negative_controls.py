@@ -23,20 +23,30 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-FIGURES = ("localization_energy", "localization_auprc", "outside_brain_mass", "deletion_auc", "insertion_auc", "faithfulness_score",
-           "agreement_spearman", "stability_ssim_0.02", "stability_ssim_0.05")
+FIGURES = ("localization_energy", "localization_auprc", "outside_brain_mass", "prior_localization", "deletion_auc",
+           "insertion_auc", "faithfulness_score", "agreement_spearman", "stability_ssim_0.02", "stability_ssim_0.05")
+STAGES = ("localization", "prior_localization", "faithfulness", "agreement", "stability", "randomization", "convergence")
 
 
-def audit_figures(model_path: Path, data: str, out: Path, fast: bool, seed: int) -> dict:
+def without_masks(data: str, out: Path) -> str:
+    """A copy of the manifest without its lesion- and brain-mask columns: the data users have."""
+    from model.manifest import load_dataset, write_manifest
+
+    out.mkdir(parents=True, exist_ok=True)
+    return str(write_manifest(load_dataset(data).without_masks(), out / "no_masks.csv"))
+
+
+def audit_figures(model_path: Path, data: str, out: Path, fast: bool, seed: int, explainer: str = "gradcam") -> dict:
     from audit.runner import AuditConfig, AuditRun
     from audit.stages.quality import randomization_similarity
     from audit.writer import figures_document
 
     sizes = dict(ig_images=16, ig_steps=32, stability_images=16, stability_draws=2, faithfulness_images=32,
                  faithfulness_steps=10, randomization_images=16) if fast else {}
-    run = AuditRun(model_path, data, out, AuditConfig(cache=False, progress=False, seed=seed, **sizes))
+    run = AuditRun(model_path, data, out, AuditConfig(cache=False, progress=False, seed=seed, explainer=explainer,
+                                                      **sizes))
     started = time.perf_counter()
-    for name in ("localization", "faithfulness", "agreement", "stability", "randomization", "convergence"):
+    for name in STAGES:
         getattr(run, name)
     figures = figures_document(run)
     rand = run.randomization
@@ -55,6 +65,9 @@ def main() -> int:
     parser.add_argument("--fast", action="store_true", help="small samples (a quick look, wider CIs)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write the table as JSON here")
+    parser.add_argument("--no-masks", action="store_true", help="drop the mask and brain-mask columns first")
+    parser.add_argument("--shortcut", metavar="MODEL:DATA", help="also a shortcut-marker model on its own split")
+    parser.add_argument("--only", help="comma-separated subset of models to run")
     args = parser.parse_args()
 
     from audit.probes import foreground_model, save_probe, untrained_model
@@ -62,10 +75,21 @@ def main() -> int:
 
     size = int(load_model(args.model).input_shape[1])
     work = Path(tempfile.mkdtemp(prefix="alzaudit-probes-"))
-    models = {"trained": Path(args.model),
-              "untrained": save_probe(untrained_model(size, seed=args.seed + 1), work / "untrained.keras"),
-              "foreground": save_probe(foreground_model(size), work / "foreground.keras")}
-    table = {name: audit_figures(path, args.data, work / name, args.fast, args.seed) for name, path in models.items()}
+    data = without_masks(args.data, work) if args.no_masks else args.data
+    # name -> (model, data, explainer): "edge" and "centre" explain the trained model with a reference map.
+    models = {"trained": (Path(args.model), data, "gradcam"),
+              "untrained": (save_probe(untrained_model(size, seed=args.seed + 1), work / "untrained.keras"), data,
+                            "gradcam"),
+              "foreground": (save_probe(foreground_model(size), work / "foreground.keras"), data, "gradcam"),
+              "edge": (Path(args.model), data, "edge"), "centre": (Path(args.model), data, "centre")}
+    if args.shortcut:
+        model, shortcut_data = args.shortcut.split(":", 1)
+        models["shortcut"] = (Path(model), without_masks(shortcut_data, work / "sc") if args.no_masks
+                              else shortcut_data, "gradcam")
+    if args.only:
+        models = {k: v for k, v in models.items() if k in args.only.split(",")}
+    table = {name: audit_figures(path, d, work / name, args.fast, args.seed, explainer)
+             for name, (path, d, explainer) in models.items()}
 
     print(f"{'figure':22s} {'model':>10s}  {'value':>6s}  " + "  ".join(f"{c:>13s}" for c in
                                                                       ("random", "brain_uniform", "edge", "centre"))

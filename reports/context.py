@@ -413,6 +413,20 @@ def _explanations(audit: dict[str, Any], assets: AssetReader, notes: list[str]) 
             "n_evaluated": fmt(lo.get("n_evaluated")), "n_empty_masks": fmt(lo.get("n_empty_masks")),
             "selection": lo.get("selection")}
     controls = _controls(fig.get("controls"), notes)
+    pr = fig.get("prior_localization")
+    prior = None
+    if pr:
+        reg = pr.get("registration") or {}
+        refused = "; ".join(f"{n} × {why}" for why, n in (reg.get("refused") or {}).items()) or "none"
+        prior = {"applicable": pr.get("applicable"), "reason": pr.get("reason"),
+                 "registered": f"{fmt(reg.get('n_registered'))} of {fmt(reg.get('n_images'))}",
+                 "quality": f"median {fmt(reg.get('quality_median'))}, lowest {fmt(reg.get('quality_min'))}",
+                 "levels": " to ".join(f"{fmt(z)} mm" for z in reg.get("levels_mm") or []) or "n/a",
+                 "refused": refused, "area": fmt(pr.get("prior_area_share")),
+                 "regions": [[name.replace("_", " "), fmt(r.get("map_energy")), fmt(r.get("area_share"))]
+                             for name, r in (pr.get("regions") or {}).items()]}
+    scope = [{"title": c.get("title"), "status": c.get("status"), **c["scope"]}
+             for c in audit.get("checks") or [] if c.get("scope")]
     co = fig.get("convergence")
     convergence = None
     if co:
@@ -421,7 +435,7 @@ def _explanations(audit: dict[str, Any], assets: AssetReader, notes: list[str]) 
     return {"gallery": _gallery(audit, assets), "agreement": agreement,
             "stability": _stability(fig, assets, notes), "faithfulness": faithfulness,
             "randomization": randomization, "localization": localization, "convergence": convergence,
-            "controls": controls,
+            "controls": controls, "prior": prior, "scope": sorted(scope, key=lambda c: c["title"] or ""),
             "has_masks": bool((audit.get("data") or {}).get("has_masks")),
             "layer": (audit.get("model") or {}).get("layer") or "n/a",
             "heatmap_sample": audit.get("heatmap_sample")}

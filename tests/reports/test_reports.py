@@ -419,3 +419,26 @@ def test_recorded_honest_evaluation_shows_the_inflation_on_true_labels():
     assert leaky["ci"][0] > honest["ci"][1]
     # Random stages: the leaky split reports more than the subject-level one, which sits near chance.
     assert ref["random_leaky"]["reported"]["balanced_accuracy"] > ref["random_honest"]["reported"]["balanced_accuracy"]
+
+
+def test_report_says_what_each_explanation_check_can_and_cannot_detect(tmp_path):
+    """The scope the gate records with each explanation check, and the mask-free prior with its registration."""
+    from suites.catalog import SCOPE
+
+    audit = make_audit(tmp_path)
+    detects, blind = SCOPE["explanations.prior_localization"]
+    audit["checks"].append({"id": "explanations.prior_localization", "title": "Localization without masks",
+                            "group": "explanations", "value": 0.146, "threshold": 0.03, "direction": "min",
+                            "severity": "fail", "status": "PASS", "message": "skill +0.146", "cites": [],
+                            "basis": "skill", "scope": {"detects": detects, "cannot_detect": blind}})
+    audit["figures"]["prior_localization"] = {
+        "applicable": True, "reason": None, "energy": {"mean": 0.6, "median": 0.6, "p5": 0.4, "p95": 0.8, "n": 27},
+        "prior_area_share": 0.45, "selection": {"n_evaluated": 27},
+        "regions": {"periventricular": {"map_energy": 0.598, "area_share": 0.452},
+                    "cortical_ribbon": {"map_energy": 0.069, "area_share": 0.219}},
+        "registration": {"n_images": 288, "n_registered": 285, "refused": {"low registration quality": 3},
+                         "quality_median": 0.7, "quality_min": 0.5, "levels_mm": [2.0, 28.0], "n_skull": 0}}
+    html = " ".join(render_report(write_audit(tmp_path, audit), pdf=False)["html"].read_text("utf-8").split())
+    assert "What each explanation check can and cannot detect" in html
+    assert "atrophy from other causes in the same places" in html
+    assert "285 of 288" in html and "3 × low registration quality" in html and "cortical ribbon" in html

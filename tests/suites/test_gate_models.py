@@ -160,3 +160,56 @@ def test_a_degraded_copy_fails_the_change_checks(pytester, clean_model, tmp_path
     assert change["n_changed_predictions"] > 0 and change["examples"]
     html = Path(render_report(tmp_path / "degraded" / "audit.json", tmp_path / "degraded", pdf=False)["html"])
     assert "Compared with the baseline" in html.read_text()
+
+
+# --------------------------------------------------------------- the data users have: no masks at all
+def gate_without_masks(pytester, model, data, out: Path, select: str | None = None, explainer: str | None = None):
+    """The gate on the same split with its mask and brain-mask columns removed (Kaggle and OASIS slices
+    carry neither); ``explainer`` swaps Grad-CAM for a reference map that ignores the model."""
+    from model.manifest import load_dataset, write_manifest
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    bare = write_manifest(load_dataset(data).without_masks(), out.parent / f"{out.name}_no_masks.csv")
+    thresholds = out.parent / f"{out.name}.toml"
+    thresholds.write_text(DEFAULT_THRESHOLDS.read_text().split("[audit]")[0] + AUDIT
+                          + (f'explainer = "{explainer}"\n' if explainer else ""))
+    result = pytester.runpytest_inprocess(str(SUITES_DIR), "--model", str(model), "--data", str(bare),
+                                          "--audit-out", str(out), "--thresholds", str(thresholds),
+                                          "-p", "no:cacheprovider", "-q", *(["-k", select] if select else []))
+    document = json.loads((out / "audit.json").read_text())
+    return result, document, {c["id"]: c for c in document["checks"]}
+
+
+MASK_FREE = "point_where or stay_inside"  # the two explanation checks that need no masks and read the anatomy
+
+
+def test_without_masks_the_good_model_passes(pytester, clean_model, tmp_path):
+    result, document, checks = gate_without_masks(pytester, *clean_model, tmp_path / "bare")
+    failing = {k: c["message"] for k, c in checks.items() if c["status"] in ("FAIL", "ERROR")}
+    assert document["verdict"] == "PASS" and result.ret == 0, failing
+    assert checks["explanations.localization_energy"]["status"] == "NOT_APPLICABLE"
+    prior = checks["explanations.prior_localization"]
+    assert prior["status"] == "PASS" and prior["severity"] == "fail", prior["message"]  # it gates here
+    outside = checks["explanations.outside_brain_mass"]
+    assert outside["status"] == "PASS" and "MNI152" in outside["message"]
+    registration = document["figures"]["prior_localization"]["registration"]
+    assert registration["n_registered"] >= 0.9 * registration["n_images"]
+
+
+@pytest.mark.parametrize("probe", ["untrained", "foreground", "edge", "centre", "shortcut"])
+def test_without_masks_every_bad_model_fails_an_explanation_check(pytester, clean_model, shortcut_model, probe,
+                                                                  tmp_path):
+    """Negative controls on a manifest without masks: each must FAIL a gating explanations.* check."""
+    from audit.probes import foreground_model, save_probe, untrained_model
+
+    model, data = shortcut_model if probe == "shortcut" else clean_model
+    explainer = probe if probe in ("edge", "centre") else None
+    if probe == "untrained":
+        model = save_probe(untrained_model(128, seed=1), tmp_path / "untrained.keras")
+    elif probe == "foreground":
+        model = save_probe(foreground_model(128), tmp_path / "foreground.keras")
+    _, document, checks = gate_without_masks(pytester, model, data, tmp_path / probe, MASK_FREE, explainer)
+    failed = [k for k, c in checks.items() if k.startswith("explanations.") and c["status"] == "FAIL"
+              and c["severity"] == "fail"]
+    assert failed and document["verdict"] == "FAIL", {k: c["message"] for k, c in checks.items()
+                                                      if k.startswith("explanations.")}
