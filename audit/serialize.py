@@ -263,7 +263,7 @@ def model_section(run) -> dict:
 
     from model.network import backbone_layer
 
-    info: dict[str, Any] = {"path": str(run.model_path), "sha256": None, "classes": list(run.classes)}
+    info: dict[str, Any] = {"path": str(run.model_path.resolve()), "sha256": None, "classes": list(run.classes)}
     try:
         info["sha256"] = run.model_sha256
         model = run.model
@@ -310,8 +310,8 @@ def data_section(run) -> dict:
     info = summary_dict(manifest)
     not_estimable = (run.performance.get("not_estimable") if run.has("performance") else None) or []
     overlap = run.train_overlap if run.has("train_overlap") else None
-    return {"path": str(manifest.root if run.data is None else run.data if not isinstance(run.data, Manifest)
-                        else run.data.root),
+    given = manifest.root if run.data is None else run.data if not isinstance(run.data, Manifest) else run.data.root
+    return {"path": str(Path(given).resolve()),
             "split_source": run.split_source.to_dict(),
             "train_overlap": None if overlap is None else {k: overlap[k] for k in ("count", "n_evaluated",
                                                                                  "n_training", "run_manifest")},

@@ -127,9 +127,20 @@ def run_section(run, outcome: GateOutcome) -> dict:
             "device": {"kind": device["kind"], "name": device["name"]},
             "versions": {"python": platform.python_version(), "tensorflow": tf.__version__,
                          "keras": keras.__version__, "alzaudit": own_version()},
-            "git_commit": git_commit(), "thresholds_file": outcome.thresholds_file, "command": outcome.command,
+            "git_commit": git_commit(), "thresholds_file": outcome.thresholds_file,
+            "thresholds_sha256": file_sha256_or_none(outcome.thresholds_file), "command": outcome.command,
             "timings": {k: round(v, 3) for k, v in run.timings.items()}, "errors": run.errors,
             "plan": run.plan, "sample_sizes": run.config.sample_sizes()}
+
+
+def file_sha256_or_none(path: str | Path) -> str | None:
+    """SHA-256 of a file the audit depends on (the thresholds), so a signed report pins it; None if unreadable."""
+    from audit.binding import file_sha256
+
+    try:
+        return file_sha256(path)
+    except (OSError, AlzAuditError):
+        return None
 
 
 def own_version() -> str | None:

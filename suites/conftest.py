@@ -9,7 +9,7 @@ check is recorded into ``DIR/audit.json`` at the end of the session — pass, fa
 from __future__ import annotations
 
 import os
-import sys
+import shlex
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -45,6 +45,8 @@ def pytest_addoption(parser):
     from model.distribute import STRATEGIES, STRATEGY_HELP
 
     group.addoption("--strategy", choices=list(STRATEGIES), default="auto", help=STRATEGY_HELP)
+    group.addoption("--command-line", help="the command line to record in audit.json (run_gate passes the user's; "
+                                           "default: this pytest invocation)")
     group.addoption("--baseline", help="the model accepted last time (.keras): [change] rules judge the candidate "
                                        "against it on the same images")
 
@@ -195,7 +197,7 @@ def pytest_sessionfinish(session, exitstatus):
         verdict=verdict, fail_on_warn=gate.thresholds.fail_on_warn, checks=gate.ordered(),
         started=config.stash.get(STARTED_KEY, _now()), finished=_now(), seed=config.option.seed,
         thresholds_file=str(run_thresholds_path(config)), strategy=config.option.strategy,
-        command=" ".join(["pytest", *sys.argv[1:]]) if sys.argv else None,
+        command=config.option.command_line or shlex.join(["pytest", *config.invocation_params.args]),
         throughput=config.stash.get(THROUGHPUT_KEY, None))
     path = write_audit(Path(config.option.audit_out) / "audit.json", run, outcome)
     if verdict != "PASS" and session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):

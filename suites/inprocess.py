@@ -8,11 +8,21 @@ from model.errors import AlzAuditError
 from suites import SUITES_DIR
 
 
+def invocation() -> str:
+    """This process's command line as the user typed it (program name without its folder), shell-quoted."""
+    import shlex
+    import sys
+
+    return shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv and sys.argv[0] else "python"
+
+
 def run_gate(model: str, data: str | None, out: str, *, split: str = "test", thresholds: str | None = None,
              seed: int = 0, device: str = "auto", input_scale: float = 255.0, classes: str = "canonical",
              unsafe: bool = False, select: str | None = None, quiet: bool = True, baseline: str | None = None,
-             strategy: str = "auto") -> str:
-    """Run ``pytest suites/`` in this process; returns the verdict written to ``out/audit.json``."""
+             strategy: str = "auto", command: str | None = None) -> str:
+    """Run ``pytest suites/`` in this process; returns the verdict written to ``out/audit.json``.
+
+    ``command``: the command line the user ran (audit.json records it; default: this process's own)."""
     import pytest
 
     args = [str(SUITES_DIR), "--model", str(model), *(["--data", str(data)] if data else []),
@@ -30,6 +40,7 @@ def run_gate(model: str, data: str | None, out: str, *, split: str = "test", thr
         args += ["--strategy", strategy]
     if select:
         args += ["-k", select]
+    args += ["--command-line", command or invocation()]
     if quiet:
         args += ["-q", "--no-header", "-rN", "--benchmark-quiet"]
     audit_json = Path(out) / "audit.json"

@@ -78,6 +78,24 @@ def test_untrained_model_fails_on_accuracy_and_audit_json_is_complete(pytester, 
     assert document["run"]["versions"]["tensorflow"]
     assert document["data"]["manifest_sha256"]
     result.stdout.fnmatch_lines(["*performance.balanced_accuracy = *needs >= 0.8*"])
+    # Traceability: the thresholds file pinned by its hash, the command as run, absolute paths.
+    import hashlib
+
+    run = document["run"]
+    assert run["thresholds_sha256"] == hashlib.sha256(Path(run["thresholds_file"]).read_bytes()).hexdigest()
+    assert run["command"].startswith("pytest ") and "--model" in run["command"]
+    assert Path(document["model"]["path"]).is_absolute() and Path(document["data"]["path"]).is_absolute()
+
+
+def test_the_command_the_user_ran_is_recorded(pytester, untrained, split_csv, tmp_path, monkeypatch):
+    from suites.inprocess import invocation
+
+    monkeypatch.setattr("sys.argv", ["/some/venv/bin/alzaudit", "audit", "--model", "my model.keras"])
+    assert invocation() == "alzaudit audit --model 'my model.keras'"
+    out = tmp_path / "audit"
+    run_gate(pytester, untrained, split_csv, out, thresholds_file(tmp_path), "-k", "class_coverage",
+             "--command-line", invocation())
+    assert audit_checks(out)[1]["run"]["command"] == "alzaudit audit --model 'my model.keras'"
 
 
 def test_impossible_throughput_threshold_fails(pytester, untrained, split_csv, tmp_path):
