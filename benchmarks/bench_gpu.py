@@ -264,7 +264,7 @@ def blob_cohort(out: Path, subjects: int, slices: int, seed: int) -> Path:
     subject-aware split with the demo's ratios, written as ``split_manifest.csv``."""
     import cv2
 
-    from alzaudit.commands.demo import DEMO_RATIOS
+    from model.recipe import DEMO_RATIOS
     from model.classes import CLASSES
     from model.manifest import Manifest, Sample, write_manifest
     from model.splits import split_manifest
@@ -289,7 +289,7 @@ def blob_cohort(out: Path, subjects: int, slices: int, seed: int) -> Path:
 
 def synth_cohort(out: Path, subjects: int, slices: int, seed: int) -> Path:
     """The project's MNI152 cohort (needs nilearn), split like the demo's; forked workers, so before TF."""
-    from alzaudit.commands.demo import DEMO_RATIOS
+    from model.recipe import DEMO_RATIOS
     from model.manifest import load_dataset, write_manifest
     from model.splits import split_manifest
     from model.synth import synthesize_cohort

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alzaudit.commands.demo import DEMO_EPOCHS, DEMO_INPUT, DEMO_RATIOS, DEMO_SLICES, DEMO_SUBJECTS
+from model.recipe import DEMO_EPOCHS, DEMO_INPUT, DEMO_RATIOS, DEMO_SLICES, DEMO_SUBJECTS
 from model.evaluate_run import evaluate_model
 from model.fileio import atomic_write_json
 from model.manifest import load_dataset, write_manifest

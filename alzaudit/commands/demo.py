@@ -9,13 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-DEMO_SUBJECTS = 120
-DEMO_SLICES = 8
-DEMO_INPUT = 128
-DEMO_EPOCHS = 20
-# 60 training subjects; a 30% test split (36 subjects, 27 of them demented) so that the explanation
-# checks' subject-bootstrap CIs can resolve a margin over the control maps (20 test subjects could not).
-DEMO_RATIOS = (0.5, 0.2, 0.3)
+from model.recipe import DEMO_EPOCHS, DEMO_INPUT, DEMO_RATIOS, DEMO_SLICES, DEMO_SUBJECTS
 
 
 def register(top, data) -> None:
@@ -61,15 +55,14 @@ def run(args: argparse.Namespace) -> int:
         print_summary(load_dataset(split_csv))
 
     console.rule("3/5 training (small backbone, CPU-friendly)")
-    from model.train import STATE_FILE, TrainConfig, train
+    from model.recipe import demo_train_config
+    from model.train import STATE_FILE, train
 
     model_path = run_dir / "model.keras"
     if model_path.is_file():
         console.print(f"reusing {model_path}")
     else:
-        config = TrainConfig(data=str(split_csv), out=str(run_dir), backbone="small", weights=None,
-                             input_size=args.input_size, epochs_phase2=args.epochs, lr_phase2=1e-3,
-                             patience=args.epochs, lr_schedule="cosine", augment_noise=0.05, seed=args.seed)
+        config = demo_train_config(split_csv, run_dir, seed=args.seed, epochs=args.epochs, input_size=args.input_size)
         train(config, resume=(run_dir / STATE_FILE).is_file(), console=console)
 
     console.rule("4/5 evaluation")
