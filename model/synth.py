@@ -88,11 +88,13 @@ def slice_positions(rng: np.random.Generator, k: int) -> tuple[int, ...]:
 
 
 def plan_cohort(*, subjects: int, slices_per_subject: int, class_balance: str, seed: int,
-                shortcut_marker: float, severity_scale: float) -> CohortPlan:
+                shortcut_marker: float, severity_scale: float, scanner_confound: float = 0.0) -> CohortPlan:
     """Draw every subject (a pure function of the arguments): the same seed gives the same cohort."""
     from model.synth_render import draw_subject
 
     _check_options(subjects, slices_per_subject, class_balance, seed, shortcut_marker, severity_scale)
+    if not 0.0 <= float(scanner_confound) <= 1.0:
+        raise ParameterError("scanner_confound", f"a fraction in [0, 1] is needed, got {scanner_confound}")
     counts = stage_counts(subjects, class_balance)
     stages = [stage for stage in CLASSES for _ in range(counts[stage])]
     # Shuffled, so subject numbers do not give the stage away.
@@ -102,13 +104,33 @@ def plan_cohort(*, subjects: int, slices_per_subject: int, class_balance: str, s
         rng = np.random.default_rng([seed, 1, number])
         severity = draw_severity(rng, stage)
         z = slice_positions(rng, slices_per_subject)
-        drawn.append(draw_subject(rng, f"SYN_{number:04d}", stage, severity, severity_scale, z))
+        subject = draw_subject(rng, f"SYN_{number:04d}", stage, severity, severity_scale, z)
+        drawn.append(confound_scanner(subject, scanner_confound) if scanner_confound else subject)
     return CohortPlan(subjects=tuple(drawn), shortcut_marker=float(shortcut_marker))
+
+
+# A scanner confound, stage by stage: in multi-site data the sicker patients often come from one site (a
+# memory clinic's scanner), so brightness and sharpness carry the label. Gain and blur shift by stage.
+CONFOUND_GAIN = {"NonDemented": 0.80, "VeryMildDemented": 0.93, "MildDemented": 1.07, "ModerateDemented": 1.20}
+CONFOUND_BLUR = {"NonDemented": 0.0, "VeryMildDemented": 0.3, "MildDemented": 0.6, "ModerateDemented": 0.9}
+
+
+def confound_scanner(subject, strength: float):
+    """The subject scanned on its stage's scanner: gain and blur pulled towards the stage's by ``strength``
+    (0 = the subject's own draw, 1 = the stage's level), so a model can read the stage from the scanner.
+    Applied after the draw, so the random stream (and every other parameter) is unchanged."""
+    from dataclasses import replace
+
+    gain = tuple((1 - strength) * g + strength * CONFOUND_GAIN[subject.stage] * (g / np.mean(subject.gain))
+                 for g in subject.gain)
+    blur = (1 - strength) * subject.blur + strength * CONFOUND_BLUR[subject.stage]
+    return replace(subject, gain=tuple(float(g) for g in gain), blur=float(blur))
 
 
 def synthesize_cohort(out_dir: str | os.PathLike, *, subjects: int = 60, slices_per_subject: int = 8,
                       class_balance: str = "balanced", seed: int = 0, shortcut_marker: float = 0.0,
-                      severity_scale: float = 1.0, progress: bool = True, workers: int | None = None) -> Manifest:
+                      severity_scale: float = 1.0, scanner_confound: float = 0.0, progress: bool = True,
+                      workers: int | None = None) -> Manifest:
     """Write a synthetic cohort to ``out_dir`` and return its manifest (also written as manifest.csv).
 
     ``workers`` processes render subjects in parallel (default: up to 2 for large cohorts); the output
@@ -116,7 +138,8 @@ def synthesize_cohort(out_dir: str | os.PathLike, *, subjects: int = 60, slices_
     is refused.
     """
     plan = plan_cohort(subjects=subjects, slices_per_subject=slices_per_subject, class_balance=class_balance,
-                       seed=seed, shortcut_marker=shortcut_marker, severity_scale=severity_scale)
+                       seed=seed, shortcut_marker=shortcut_marker, severity_scale=severity_scale,
+                       scanner_confound=scanner_confound)
     out = _prepare_out_dir(Path(out_dir))
     from model.synth_template import load_template
 
@@ -144,6 +167,7 @@ def synthesize_cohort(out_dir: str | os.PathLike, *, subjects: int = 60, slices_
         "generator": "alzaudit data synth", "template": "MNI152 2009 (nilearn, 1 mm)",
         "subjects": subjects, "slices_per_subject": slices_per_subject, "class_balance": class_balance,
         "seed": seed, "shortcut_marker": shortcut_marker, "severity_scale": severity_scale,
+        "scanner_confound": scanner_confound,
         "subjects_per_class": stage_counts(subjects, class_balance),
     })
     write_manifest(manifest, out / MANIFEST_NAME)  # last: its presence marks a complete cohort

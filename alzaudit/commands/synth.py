@@ -24,6 +24,9 @@ def register(top, data) -> None:
     p.add_argument("--shortcut-marker", default="0", metavar="FRACTION",
                    help="fraction of images given a class-coded corner marker, for shortcut tests (default 0)")
     p.add_argument("--severity-scale", default="1.0", help="multiplies the planted atrophy (default 1.0)")
+    p.add_argument("--scanner-confound", default="0", metavar="FRACTION",
+                   help="pull each subject's scanner gain and blur towards its stage's (0-1), for confound tests "
+                        "(default 0)")
     p.add_argument("--workers", default=None, help="processes rendering in parallel (default: up to 2)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -39,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
         seed=_integer(args.seed, "--seed"),
         shortcut_marker=_number(args.shortcut_marker, "--shortcut-marker"),
         severity_scale=_number(args.severity_scale, "--severity-scale"),
+        scanner_confound=_number(args.scanner_confound, "--scanner-confound"),
     )
     workers = None if args.workers is None else _integer(args.workers, "--workers")
     if workers is not None and workers < 1:
@@ -64,7 +68,8 @@ def summary(manifest, options: dict, seconds: float) -> str:
             f"{manifest.root}: 176x208 8-bit PNGs from the MNI152 template with stage-dependent atrophy "
             f"(ventricles enlarge, sulci widen, medial-temporal tissue shrinks; severity scale "
             f"{options['severity_scale']:g}), atrophy masks under masks/ and brain masks under brain_masks/."
-            f"{marker}")
+            f"{marker}" + (f" The scanner's gain and blur follow the stage (--scanner-confound "
+                           f"{options['scanner_confound']:g})." if options.get("scanner_confound") else ""))
 
 
 def _integer(text, option: str) -> int:
