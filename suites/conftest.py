@@ -101,7 +101,11 @@ def pytest_sessionstart(session):
     from suites.catalog import expected_check_ids
 
     device = opt.device if opt.device != "auto" else _device()
-    config.stash[GATE_KEY] = Gate(thresholds, expected=expected_check_ids(thresholds.sigmas, device))
+    from suites.characteristic import load_record
+
+    has_masks = run.masks is not None and bool(run.masks.any())
+    config.stash[GATE_KEY] = Gate(thresholds, expected=expected_check_ids(thresholds.sigmas, device),
+                                  bank=load_record(), condition="with_masks" if has_masks else "without_masks")
     config.stash[RUN_KEY] = run
     config.stash[STARTED_KEY] = _now()
 

@@ -9,6 +9,7 @@ import pytest
 
 from audit.schema_io import STATUS_ORDER
 from suites.catalog import SCOPE, describe
+from suites.characteristic import MIN_AUROC, bank_evidence
 from suites.thresholds import Thresholds
 
 
@@ -21,6 +22,8 @@ class Gate:
     thresholds: Thresholds
     checks: dict[str, dict] = field(default_factory=dict)
     expected: list[str] = field(default_factory=list)   # every check id this gate must decide
+    bank: dict | None = None           # the reference bank's record (suites.characteristic), if committed
+    condition: str = "with_masks"      # which of its conditions this data is like: with or without lesion masks
 
     def check(self, check_id: str, value, *, detail: str = "", comparison: dict | None = None,
               not_gating: str | None = None) -> None:
@@ -32,6 +35,10 @@ class Gate:
         """
         title, group, meaning, cites = describe(check_id)
         rule = self._rule_or_not_run(check_id, None if value is None else float(value), comparison)
+        evidence = bank_evidence(self.bank, check_id, self.condition)
+        if evidence and evidence["demoted"] and not not_gating:
+            not_gating = (f"in the reference bank it separated good from bad models with AUROC "
+                          f"{evidence['auroc']:.2f} < {MIN_AUROC}, too weakly to fail a model")
         if not_gating:
             rule = replace(rule, severity="warn")
             detail = "; ".join(filter(None, [detail, f"warn only: {not_gating}"]))
@@ -141,6 +148,9 @@ class Gate:
             "cites": list(cites), "basis": rule.basis if rule else "value"}
         if comparison is not None:
             self.checks[check_id]["comparison"] = comparison
+        evidence = bank_evidence(self.bank, check_id, self.condition)
+        if evidence:
+            self.checks[check_id]["bank"] = evidence
         if check_id in SCOPE:
             detects, blind_to = SCOPE[check_id]
             self.checks[check_id]["scope"] = {"detects": detects, "cannot_detect": blind_to}

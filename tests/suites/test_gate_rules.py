@@ -101,3 +101,30 @@ def test_a_check_without_a_threshold_is_not_run_and_makes_the_verdict_incomplete
     with pytest.raises(pytest.skip.Exception):
         gate.check_change("change.accuracy", {"delta": 0.0})
     assert gate.checks["change.accuracy"]["status"] == "NOT_RUN"
+
+
+def _bank(auroc: float, n_good: int, n_bad: int) -> dict:
+    row = {"good_passed": n_good - 1, "good_n": n_good, "bad_rejected": 2, "bad_n": n_bad, "auroc": auroc}
+    return {"n_good": n_good, "n_bad": n_bad, "checks": {"without_masks": {"explanations.faithfulness_score": row}}}
+
+
+def test_a_check_the_reference_bank_found_weak_can_only_warn(tmp_path):
+    """AUROC < 0.8 between the banks' good and bad models: a miss is a WARN that says why, not a FAIL."""
+    t = _thresholds(tmp_path, "[explanations]\nfaithfulness_score = { skill_min = 0.0 }\n")
+    gate = Gate(t, bank=_bank(0.62, 6, 7), condition="without_masks")
+    with pytest.warns(UserWarning, match="AUROC 0.62 < 0.8"):
+        gate.check("explanations.faithfulness_score", 0.1, comparison=_comparison(-0.05, -0.1, 0.0))
+    check = gate.checks["explanations.faithfulness_score"]
+    assert check["status"] == "WARN" and check["severity"] == "warn"
+    assert check["bank"] == {"condition": "without_masks", "bad_rejected": 2, "bad_n": 7, "good_passed": 5,
+                             "good_n": 6, "auroc": 0.62, "demoted": True}
+
+
+@pytest.mark.parametrize("auroc, n_good, n_bad", [(0.62, 2, 3), (0.95, 6, 7)])
+def test_a_strong_check_or_a_small_bank_leaves_the_rule_failing(tmp_path, auroc, n_good, n_bad):
+    t = _thresholds(tmp_path, "[explanations]\nfaithfulness_score = { skill_min = 0.0 }\n")
+    gate = Gate(t, bank=_bank(auroc, n_good, n_bad), condition="without_masks")
+    with pytest.raises(pytest.fail.Exception):
+        gate.check("explanations.faithfulness_score", 0.1, comparison=_comparison(-0.05, -0.1, 0.0))
+    assert gate.checks["explanations.faithfulness_score"]["status"] == "FAIL"
+    assert gate.checks["explanations.faithfulness_score"]["bank"]["demoted"] is False
