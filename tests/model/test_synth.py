@@ -254,3 +254,20 @@ def test_importing_the_command_loads_neither_tensorflow_nor_nilearn():
             "bad = [m for m in ('tensorflow', 'nilearn', 'keras') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_scanner_confound_codes_the_stage_in_the_scanner_and_nothing_else():
+    from model.errors import ParameterError
+    from model.synth import CONFOUND_GAIN, plan_cohort
+
+    kwargs = dict(subjects=8, slices_per_subject=2, class_balance="balanced", seed=0, shortcut_marker=0.0,
+                  severity_scale=1.0)
+    plain, confounded = plan_cohort(**kwargs), plan_cohort(**kwargs, scanner_confound=1.0)
+    for a, b in zip(plain.subjects, confounded.subjects):
+        assert a.stage == b.stage and a.noise_seeds == b.noise_seeds and a.contrast == b.contrast
+        assert abs(np.mean(b.gain) - CONFOUND_GAIN[b.stage]) < 1e-6  # the stage's scanner, exactly
+    stages = sorted({s.stage for s in confounded.subjects}, key=CONFOUND_GAIN.get)
+    gains = [np.mean([np.mean(s.gain) for s in confounded.subjects if s.stage == st]) for st in stages]
+    assert gains == sorted(gains) and len(set(np.round(gains, 3))) == len(stages)
+    with pytest.raises(ParameterError, match="^scanner_confound: "):
+        plan_cohort(**kwargs, scanner_confound=1.5)
