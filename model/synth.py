@@ -23,6 +23,7 @@ import numpy as np
 from model.classes import CLASSES
 from model.errors import AlzAuditError, ParameterError
 from model.manifest import MANIFEST_NAME, Manifest, Sample, write_manifest
+from model.progress import progress_bar
 
 COHORT_INFO = "cohort.json"
 BALANCES = ("balanced", "kaggle")
@@ -148,7 +149,7 @@ def synthesize_cohort(out_dir: str | os.PathLike, *, subjects: int = 60, slices_
     if workers is None:
         workers = min(2, os.cpu_count() or 1) if n_images >= 96 else 1
     rows: list[list[dict]] = []
-    with _progress(progress, len(plan.subjects)) as advance:
+    with progress_bar(progress, len(plan.subjects), "synthesising subjects") as advance:
         if workers <= 1:
             for subject in plan.subjects:
                 rows.append(_write_subject(subject, str(out), plan.shortcut_marker))
@@ -265,26 +266,3 @@ def _pool_context():
     if sys.platform.startswith("linux") and "tensorflow" not in sys.modules:
         return multiprocessing.get_context("fork")
     return multiprocessing.get_context("spawn")
-
-
-class _progress:
-    """A rich progress bar over subjects, or nothing."""
-
-    def __init__(self, enabled: bool, total: int):
-        self.enabled, self.total, self._bar = enabled, total, None
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self._bar = Progress(TextColumn("synthesising subjects"), BarColumn(), MofNCompleteColumn(),
-                             TimeRemainingColumn(), transient=True)
-        self._bar.__enter__()
-        task = self._bar.add_task("synth", total=self.total)
-        return lambda: self._bar.advance(task)
-
-    def __exit__(self, *exc):
-        if self._bar is not None:
-            self._bar.__exit__(*exc)
-        return False

@@ -19,7 +19,7 @@ Z_RANGE_MM = (-14, 34)
 # Crop of the 197 x 233 axial plane (x columns, y rows) that holds the brain with a margin.
 _X_CROP = (16, 181)
 _Y_CROP = (18, 218)
-_MNI_ORIGIN_VOX = np.array([98, 134, 72])  # voxel of MNI (0, 0, 0) in nilearn's 1 mm template
+MNI_ORIGIN_VOX = np.array([98, 134, 72])  # voxel of MNI (0, 0, 0) in nilearn's 1 mm template
 # Medial-temporal (hippocampal) region: a tube through head, body and tail of each hippocampus (MNI mm).
 _HIPPO_AXIS = ((27.0, -12.0, -20.0), (29.0, -24.0, -12.0), (27.0, -34.0, -4.0), (22.0, -40.0, 2.0))
 _HIPPO_RADIUS_MM = 7.0
@@ -52,9 +52,14 @@ class TemplatePlanes:
         return index
 
 
+MNI152_SHAPE = (197, 233, 189)  # nilearn's 1 mm MNI152 2009 grid
+
+
 @functools.lru_cache(maxsize=1)
-def load_template() -> TemplatePlanes:
-    """Load nilearn's bundled MNI152 T1/GM/WM (offline) and derive the per-plane fields; cached."""
+def mni152_volumes() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """nilearn's bundled MNI152 T1, GM and WM volumes (offline), float32 ``[x, y, z]``; checked and cached.
+
+    The one loader of the template: the synthetic cohort and the audit's registration (audit.anatomy) read it."""
     try:
         from nilearn import datasets
 
@@ -64,17 +69,21 @@ def load_template() -> TemplatePlanes:
     except Exception as exc:  # pragma: no cover - depends on the installed nilearn
         raise AlzAuditError(f"nilearn MNI152 template: could not be loaded ({type(exc).__name__}: {exc})") from None
     t1 = np.asarray(t1_img.get_fdata(dtype=np.float32))
-    gm = np.asarray(gm_img.get_fdata(dtype=np.float32))
-    wm = np.asarray(wm_img.get_fdata(dtype=np.float32))
-    if t1.shape != (197, 233, 189) or np.abs(t1_img.affine[:3, 3] + _MNI_ORIGIN_VOX).max() > 1:
+    if t1.shape != MNI152_SHAPE or np.abs(t1_img.affine[:3, 3] + MNI_ORIGIN_VOX).max() > 1:
         raise AlzAuditError(f"nilearn MNI152 template: unexpected grid {t1.shape}; this nilearn version is not supported")
-    return _prepare(t1, gm, wm)
+    return t1, np.asarray(gm_img.get_fdata(dtype=np.float32)), np.asarray(wm_img.get_fdata(dtype=np.float32))
+
+
+@functools.lru_cache(maxsize=1)
+def load_template() -> TemplatePlanes:
+    """Load nilearn's bundled MNI152 T1/GM/WM (offline) and derive the per-plane fields; cached."""
+    return _prepare(*mni152_volumes())
 
 
 def _prepare(t1: np.ndarray, gm: np.ndarray, wm: np.ndarray) -> TemplatePlanes:
     # Work on a z-slab with margin below (temporal horns, hippocampus) so 3-D distances are right.
-    z0 = _MNI_ORIGIN_VOX[2] + Z_RANGE_MM[0] - 20
-    z1 = _MNI_ORIGIN_VOX[2] + Z_RANGE_MM[1] + 12
+    z0 = MNI_ORIGIN_VOX[2] + Z_RANGE_MM[0] - 20
+    z1 = MNI_ORIGIN_VOX[2] + Z_RANGE_MM[1] + 12
     xs, ys = slice(*_X_CROP), slice(*_Y_CROP)
     t1, gm, wm = (v[xs, ys, z0:z1] for v in (t1, gm, wm))
     brain = t1 > 0.05
@@ -88,7 +97,7 @@ def _prepare(t1: np.ndarray, gm: np.ndarray, wm: np.ndarray) -> TemplatePlanes:
     # Uniform CSF inside the ventricles, so tissue the atrophy turns into CSF (T_CSF) joins them seamlessly.
     t1 = np.where(ventricles, np.float32(T_CSF), t1)
 
-    keep = slice(Z_RANGE_MM[0] + _MNI_ORIGIN_VOX[2] - z0, Z_RANGE_MM[1] + _MNI_ORIGIN_VOX[2] - z0 + 1)
+    keep = slice(Z_RANGE_MM[0] + MNI_ORIGIN_VOX[2] - z0, Z_RANGE_MM[1] + MNI_ORIGIN_VOX[2] - z0 + 1)
     t1, gm, wm, brain, edge = (v[:, :, keep] for v in (t1, gm, wm, brain, edge))
     vent_dist, hippo_depth = vent_dist[:, :, keep], hippo_depth[:, :, keep]
     near = near[:, :, :, keep]
@@ -131,7 +140,7 @@ def _lateral_ventricles(t1: np.ndarray, brain: np.ndarray, csf: np.ndarray, edge
         raise AlzAuditError("nilearn MNI152 template: no ventricles found; this nilearn version is not supported")
     index = np.arange(1, n + 1)
     sizes = ndi.sum_labels(candidates, labels, index)
-    centres = np.array(ndi.center_of_mass(candidates, labels, index)) + offset - _MNI_ORIGIN_VOX
+    centres = np.array(ndi.center_of_mass(candidates, labels, index)) + offset - MNI_ORIGIN_VOX
     body = (sizes > 2000) & (np.abs(centres[:, 0]) > 6) & (np.abs(centres[:, 0]) < 22) & (centres[:, 2] > 0)
     temporal = ((sizes > 50) & (np.abs(centres[:, 0]) > 20) & (np.abs(centres[:, 0]) < 38)
                 & (centres[:, 2] < -10) & (centres[:, 1] > -30) & (centres[:, 1] < 5))
@@ -147,11 +156,11 @@ def _hippocampal_depth(gm: np.ndarray, wm: np.ndarray, ventricles: np.ndarray, o
     for side in (-1.0, 1.0):
         points = axis * np.array([side, 1.0, 1.0], dtype=np.float32)
         # Only the box around this tube is searched: the whole slab would cost seconds.
-        lo = np.floor(points.min(0) - _HIPPO_RADIUS_MM).astype(int) + _MNI_ORIGIN_VOX - offset
-        hi = np.ceil(points.max(0) + _HIPPO_RADIUS_MM).astype(int) + _MNI_ORIGIN_VOX - offset + 1
+        lo = np.floor(points.min(0) - _HIPPO_RADIUS_MM).astype(int) + MNI_ORIGIN_VOX - offset
+        hi = np.ceil(points.max(0) + _HIPPO_RADIUS_MM).astype(int) + MNI_ORIGIN_VOX - offset + 1
         lo, hi = np.maximum(lo, 0), np.minimum(hi, gm.shape)
         grid = np.stack(np.meshgrid(*(np.arange(a, b) for a, b in zip(lo, hi)), indexing="ij"), axis=-1)
-        mni = (grid + offset - _MNI_ORIGIN_VOX).astype(np.float32)
+        mni = (grid + offset - MNI_ORIGIN_VOX).astype(np.float32)
         distance = np.min([_segment_distance(mni, a, b) for a, b in zip(points[:-1], points[1:])], axis=0)
         region[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] |= distance < _HIPPO_RADIUS_MM
     region &= (gm + wm > 0.5) & ~ventricles

@@ -28,6 +28,7 @@ from scipy import ndimage as ndi
 
 from audit.anatomy.template import load_volumes, to_planes, ventricle_distance
 from model.errors import ParameterError
+from model.progress import progress_bar
 
 SEARCH_Z_MM = (-40, 70)   # template levels searched (MNI z, mm): the brain above the cerebellum's bulk
 PRIOR_Z_MM = (-30, 50)    # levels where the prior is defined; a best match outside is refused
@@ -130,7 +131,7 @@ def register_slices(images: np.ndarray, *, brain_masks: np.ndarray | None = None
             raise ParameterError("brain_masks", f"shape {masks.shape[:3]} does not match images {stack.shape[:3]}")
     atlas = load_atlas()
     out = []
-    with _progress(progress, len(stack)) as advance:
+    with progress_bar(progress, len(stack), "registering slices") as advance:
         for i, image in enumerate(stack):
             out.append(_register_one(atlas, image, None if masks is None else masks[i] > 0))
             advance()
@@ -428,25 +429,3 @@ def _quality(atlas: TemplateAtlas, k: int, warp: np.ndarray, work: np.ndarray) -
     a, b = a - a.mean(), b - b.mean()
     denom = np.sqrt((a * a).sum() * (b * b).sum())
     return float(np.clip((a * b).sum() / denom, 0.0, 1.0)) if denom > 1e-12 else 0.0
-
-
-class _progress:
-    """A rich progress bar over slices, or nothing."""
-
-    def __init__(self, enabled: bool, total: int):
-        self.enabled, self.total, self._bar = enabled, total, None
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-        self._bar = Progress(TextColumn("registering slices"), BarColumn(), MofNCompleteColumn(), transient=True)
-        self._bar.__enter__()
-        task = self._bar.add_task("register", total=self.total)
-        return lambda: self._bar.advance(task)
-
-    def __exit__(self, *exc):
-        if self._bar is not None:
-            self._bar.__exit__(*exc)
-        return False

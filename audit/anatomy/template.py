@@ -12,10 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model.errors import AlzAuditError
+from model.synth_template import MNI152_SHAPE as _SHAPE
+from model.synth_template import MNI_ORIGIN_VOX as _MNI_ORIGIN_VOX
 
-_MNI_ORIGIN_VOX = np.array([98, 134, 72])  # voxel of MNI (0, 0, 0) in nilearn's 1 mm template grid
-_SHAPE = (197, 233, 189)
 _MARGIN = 6  # voxels of background kept around the brain's bounding box
 
 
@@ -39,19 +38,9 @@ class Volumes:
 @functools.lru_cache(maxsize=1)
 def load_volumes() -> Volumes:
     """nilearn's MNI152 T1/GM/WM (offline), cropped to the brain with an even-sized plane; cached."""
-    try:
-        from nilearn import datasets
+    from model.synth_template import mni152_volumes
 
-        t1_img = datasets.load_mni152_template(resolution=1)
-        gm_img = datasets.load_mni152_gm_template(resolution=1)
-        wm_img = datasets.load_mni152_wm_template(resolution=1)
-    except Exception as exc:  # noqa: BLE001  # pragma: no cover - depends on the installed nilearn
-        raise AlzAuditError(f"nilearn MNI152 template: could not be loaded ({type(exc).__name__}: {exc})") from None
-    t1 = np.asarray(t1_img.get_fdata(dtype=np.float32))
-    if t1.shape != _SHAPE or np.abs(t1_img.affine[:3, 3] + _MNI_ORIGIN_VOX).max() > 1:
-        raise AlzAuditError(f"nilearn MNI152 template: unexpected grid {t1.shape}; this nilearn version is not supported")
-    gm = np.asarray(gm_img.get_fdata(dtype=np.float32))
-    wm = np.asarray(wm_img.get_fdata(dtype=np.float32))
+    t1, gm, wm = mni152_volumes()
     t1 = t1 / max(float(t1.max()), 1e-6)
     brain = t1 > 0.05
     lo, hi = [], []
