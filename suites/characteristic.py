@@ -132,6 +132,8 @@ def to_markdown(record: dict) -> str:
                   "| check | good passed | pass rate 95% CI | bad rejected | fail rate 95% CI | AUROC |",
                   "| --- | --- | --- | --- | --- | --- |"]
         for cid, row in record["checks"][condition].items():
+            if row["good_n"] == 0 and row["bad_n"] == 0:
+                continue  # not applicable to any model here (change.* without a baseline)
             area = "—" if row.get("auroc") is None else f"{row['auroc']:.2f}"
             lines.append(f"| {cid} | {row['good_passed']}/{row['good_n']} | {_ci(row['good_pass_rate_ci'])} | "
                          f"{row['bad_rejected']}/{row['bad_n']} | {_ci(row['bad_fail_rate_ci'])} | {area} |")
