@@ -157,13 +157,13 @@ def gate(work: Path, entry: BankModel, condition: str) -> dict:
     data = split_csv
     if condition == "without_masks":
         data = write_manifest(load_dataset(split_csv).without_masks(), out.parent / "no_masks.csv")
+    out.mkdir(parents=True, exist_ok=True)
     thresholds = None
     if entry.explainer != "gradcam":
         thresholds = out.parent / "thresholds.toml"
         text = DEFAULT_THRESHOLDS.read_text().replace("[audit]\n", f'[audit]\nexplainer = "{entry.explainer}"\n', 1)
         thresholds.write_text(text)
     started = time.time()
-    out.mkdir(parents=True, exist_ok=True)
     run_gate(str(model), str(data), str(out), thresholds=str(thresholds) if thresholds else None,
              command=f"benchmarks/gate_bank.py ({entry.name}, {condition})")
     say(f"  gate {entry.name} {condition}: {time.time() - started:.0f} s")
