@@ -94,6 +94,9 @@ def short_text(text: str, width: int = 90) -> str:
         text = re.sub(r"\s*\([^()]*\)\s*$", "", text).rstrip(" ;,.")
     if len(text) <= width:
         return text
+    text = re.sub(r"\s*\([^()]*\)", "", text)  # inner details too, once the sentence is too long
+    if len(text) <= width:
+        return text
     cut = max(text.rfind(sep, 0, width) for sep in (", ", "; ", ": "))
     if cut > width // 3:
         return text[:cut]
