@@ -15,29 +15,11 @@ from typing import Any, Callable
 from audit.schema_io import CONTROL_FIGURES, STABILITY_CONTROL_PREFIX, STATUS_ORDER
 from reports import figures
 from reports.assets import AssetReader, to_data_uri
+from reports.facts import FAITHFULNESS_SCORE, derive_facts, fmt, fmt_p, fmt_param
 from reports.limitations import absent_classes, derive_limitations
 
 SPLIT_ORDER = ("train", "val", "validation", "test")
 SUMMARY_HEAD = ["mean", "median", "p5", "p95", "n"]
-
-
-def fmt(x: Any) -> str:
-    """A number as a reviewer reads it; None/NaN as 'n/a'."""
-    if x is None:
-        return "n/a"
-    if isinstance(x, bool):
-        return "yes" if x else "no"
-    if isinstance(x, int):
-        return f"{x:,}"
-    if isinstance(x, float):
-        if math.isnan(x) or math.isinf(x):
-            return "n/a"
-        if x.is_integer() and abs(x) >= 10:
-            return f"{x:,.0f}"
-        if 0 < abs(x) < 0.001:  # learning rates, tiny p-values: keep two significant digits
-            return f"{x:.2g}"
-        return f"{x:.3f}" if abs(x) < 10 else (f"{x:.1f}" if abs(x) < 1000 else f"{x:,.0f}")
-    return str(x)
 
 
 def fmt_threshold(threshold: Any, direction: Any) -> str:
@@ -84,26 +66,20 @@ def _duration(start: Any, end: Any) -> str | None:
     return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
 
 
-def _verdict(audit: dict[str, Any]) -> dict[str, Any]:
-    checks = []
-    for c in audit.get("checks") or []:
-        checks.append({
-            "id": c.get("id", "?"), "title": c.get("title", ""), "group": c.get("group", ""),
-            "status": c.get("status", "ERROR"), "value": fmt(c.get("value")),
-            "threshold": fmt_threshold(c.get("threshold"), c.get("direction")),
-            "severity": c.get("severity", ""), "message": c.get("message", ""), "cites": c.get("cites") or [],
-        })
-    checks.sort(key=lambda c: STATUS_ORDER.get(c["status"], 0))  # stable: gate order within a status
-    counts = {s: sum(1 for c in checks if c["status"] == s) for s in STATUS_ORDER}
-    verdict = audit.get("verdict", "FAIL")
+def _verdict(facts: dict[str, Any]) -> dict[str, Any]:
+    """Page 1: the verdict, provenance, findings, the judged checks and the N/A ones in one line."""
+    counts = facts["counts"]
+    verdict = facts["verdict"]
     explanation = {
         "INCOMPLETE": f"{counts['NOT_RUN']} check(s) did not run: this audit cannot accept the model",
         "FAIL": "at least one check failed or could not be computed",
         "PASS": "every expected check ran, none failed",
     }.get(verdict, "")
-    split = ((audit.get("data") or {}).get("split_source") or {}).get("description")
-    return {"verdict": verdict, "fail_on_warn": bool(audit.get("fail_on_warn")), "checks": checks,
-            "counts": counts, "explanation": explanation, "split_source": split}
+    return {"verdict": verdict, "fail_on_warn": facts["fail_on_warn"], "checks": facts["judged_checks"],
+            "n_checks": len(facts["checks"]), "counts": counts, "explanation": explanation,
+            "provenance": facts["provenance"]["line"], "findings": facts["findings"],
+            "not_applicable": facts["not_applicable"], "n_not_applicable": facts["n_not_applicable"],
+            "trace": facts["trace"]}
 
 
 def _training_tables(training: dict[str, Any]) -> tuple[list[tuple[str, str]], list[dict[str, Any]]]:
@@ -112,12 +88,12 @@ def _training_tables(training: dict[str, Any]) -> tuple[list[tuple[str, str]], l
     for key, value in training.items():
         if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
             head = list(dict.fromkeys(k for v in value for k in v))
-            tables.append({"name": key, "head": head, "rows": [[fmt(v.get(k)) for k in head] for v in value]})
+            tables.append({"name": key, "head": head, "rows": [[fmt_param(v.get(k)) for k in head] for v in value]})
         elif isinstance(value, (dict, list)):
-            rows.append((key, ", ".join(f"{k}: {fmt(v)}" for k, v in value.items()) if isinstance(value, dict)
-                         else ", ".join(fmt(v) for v in value)))
+            rows.append((key, ", ".join(f"{k}: {fmt_param(v)}" for k, v in value.items()) if isinstance(value, dict)
+                         else ", ".join(fmt_param(v) for v in value)))
         else:
-            rows.append((key, fmt(value)))
+            rows.append((key, fmt_param(value)))
     return rows, tables
 
 
@@ -150,7 +126,7 @@ def _ordered(keys: list[str], first: tuple[str, ...] | list[str]) -> list[str]:
     return [k for k in first if k in keys] + [k for k in keys if k not in first]
 
 
-def _data(audit: dict[str, Any], assets: AssetReader) -> dict[str, Any]:
+def _data(audit: dict[str, Any], assets: AssetReader, facts: dict[str, Any]) -> dict[str, Any]:
     d = audit.get("data") or {}
     classes = list((audit.get("model") or {}).get("classes") or [])
     counts = d.get("counts") or {}
@@ -174,7 +150,8 @@ def _data(audit: dict[str, Any], assets: AssetReader) -> dict[str, Any]:
     return {"rows": rows, "splits": splits, "counts": table, "totals": totals, "split": d.get("split", "test"),
             "skipped": skipped[:20], "skipped_more": max(0, len(skipped) - 20), "warnings": d.get("warnings") or [],
             "not_estimable": sorted(not_estimable - set(absent)), "absent": absent,
-            "leakage": _leakage(audit, assets), "split_story": split_story(audit)}
+            "leakage": _leakage(audit, assets), "split_story": split_story(audit),
+            "subjects_scope": facts["provenance"]["subjects_per_class_scope"]}
 
 
 HONEST_EVALUATION = Path(__file__).resolve().parent / "reference" / "honest_evaluation.json"
@@ -325,6 +302,7 @@ def _performance(audit: dict[str, Any], notes: list[str]) -> dict[str, Any] | No
 
 
 def _gallery(audit: dict[str, Any], assets: AssetReader) -> list[dict[str, Any]] | None:
+    """Per true class, its slices two to a row (label + four small images each): compact enough for one page."""
     items = audit.get("gallery")
     if not items:
         return None
@@ -334,14 +312,14 @@ def _gallery(audit: dict[str, Any], assets: AssetReader) -> list[dict[str, Any]]
         groups.setdefault(str(item.get("class", "?")), []).append(item)
     out = []
     for cls in _ordered(list(groups), classes):
-        rows = []
+        cells = []
         for item in sorted(groups[cls], key=lambda it: not it.get("correct")):
-            images = [assets.data_uri(item.get(k), f"gallery {cls} {k}") for k in
+            images = [assets.data_uri(item.get(k), f"gallery {cls} {k}", max_px=160) for k in
                       ("original", "gradcam", "gradcam_pp", "ig")]
-            rows.append({"correct": bool(item.get("correct")), "true": item.get("true", "?"),
-                         "predicted": item.get("predicted", "?"), "probability": fmt(item.get("probability")),
-                         "images": images})
-        out.append({"name": cls, "rows": rows})
+            cells.append({"correct": bool(item.get("correct")), "true": item.get("true", "?"),
+                          "predicted": item.get("predicted", "?"), "probability": fmt(item.get("probability")),
+                          "images": images})
+        out.append({"name": cls, "rows": [cells[i:i + 2] for i in range(0, len(cells), 2)]})
     return out
 
 
@@ -370,7 +348,8 @@ def _stability(fig: dict[str, Any], assets: AssetReader, notes: list[str]) -> di
             "figure": _safe_figure(notes, "stability", figures.stability_figure, st)}
 
 
-def _explanations(audit: dict[str, Any], assets: AssetReader, notes: list[str]) -> dict[str, Any]:
+def _explanations(audit: dict[str, Any], assets: AssetReader, notes: list[str],
+                  facts: dict[str, Any]) -> dict[str, Any]:
     fig = audit.get("figures") or {}
     ag = fig.get("agreement")
     agreement = None
@@ -386,7 +365,9 @@ def _explanations(audit: dict[str, Any], assets: AssetReader, notes: list[str]) 
             ("deletion_auc", "Deletion AUC (lower is better)"), ("random_deletion_auc", "Deletion AUC, random order"),
             ("deletion_gain", "Deletion gain over random"), ("insertion_auc", "Insertion AUC (higher is better)"),
             ("random_insertion_auc", "Insertion AUC, random order"), ("insertion_gain", "Insertion gain over random"))],
-            "figure": _safe_figure(notes, "faithfulness", figures.faithfulness_figure, fa.get("curves"))}
+            "score": FAITHFULNESS_SCORE,
+            "figure": _safe_figure(notes, "faithfulness", figures.faithfulness_figure, fa.get("curves"),
+                                   FAITHFULNESS_SCORE)}
     ra = fig.get("randomization")
     randomization = None
     if ra:
@@ -410,9 +391,8 @@ def _explanations(audit: dict[str, Any], assets: AssetReader, notes: list[str]) 
         localization = {"rows": [[name] + summary_cells(lo.get(key)) for key, name in (
             ("energy_pointing", "Energy inside mask"), ("hit_rate", "Hit rate (peak inside mask)"),
             ("auprc", "AUPRC against mask"), ("outside_brain", "Energy outside the brain"))],
-            "n_evaluated": fmt(lo.get("n_evaluated")), "n_empty_masks": fmt(lo.get("n_empty_masks")),
-            "selection": lo.get("selection")}
-    controls = _controls(fig.get("controls"), notes)
+            "selection": (facts["localization_selection"] or {}).get("text")}
+    controls = _controls(fig.get("controls"), notes, facts["checks"])
     pr = fig.get("prior_localization")
     prior = None
     if pr:
@@ -431,8 +411,9 @@ def _explanations(audit: dict[str, Any], assets: AssetReader, notes: list[str]) 
     convergence = None
     if co:
         convergence = {"row": ["IG completeness error"] + summary_cells(co.get("completeness_error")),
-                       "steps": fmt(co.get("steps"))}
+                       "steps": (facts["ig_steps"] or {}).get("text")}
     return {"gallery": _gallery(audit, assets), "agreement": agreement,
+            "colour_scale": _safe_figure(notes, "colour scale", figures.colour_scale),
             "stability": _stability(fig, assets, notes), "faithfulness": faithfulness,
             "randomization": randomization, "localization": localization, "convergence": convergence,
             "controls": controls, "prior": prior, "scope": sorted(scope, key=lambda c: c["title"] or ""),
@@ -452,27 +433,55 @@ def _control_title(key: str) -> str:
     return key.replace("_", " ")
 
 
-def _controls(block: dict[str, Any] | None, notes: list[str]) -> dict[str, Any] | None:
-    """Every explanation figure beside its control maps: a table (value, controls, skill, CI) and a chart."""
+STATUS_CSS = {"PASS": "ok", "WARN": "warn", "FAIL": "bad", "ERROR": "bad"}
+
+
+def _judging_check(entry: dict[str, Any], checks: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The check whose comparison is this controls entry (same value and skill), if one judged it."""
+    for c in checks:
+        comp = c.get("comparison") or {}
+        try:
+            if abs(comp["skill"] - entry["skill"]) < 1e-9 and abs(comp["value"] - entry["value"]) < 1e-9:
+                return c
+        except (KeyError, TypeError):
+            continue
+    return None
+
+
+def _controls(block: dict[str, Any] | None, notes: list[str], checks: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Every explanation figure beside its control maps, coloured by the rule that judged it (not by sign).
+
+    A skill-judged check colours its skill; a value-judged one (stability: a constant map is perfectly
+    stable by construction, so its skill is negative by design) colours its value; an unjudged row stays grey.
+    """
     if not block:
         return None
     titles = dict(CONTROL_TITLES)
     titles.update({k: _control_title(k) for k in block if k not in titles})
-    rows = []
+    rows, judged = [], {}
     for key, title in titles.items():
         c = block.get(key)
         if not c:
             continue
         ctrl = c.get("controls") or {}
         lo, hi = (c.get("skill_ci") or [None, None]) + [None, None][len(c.get("skill_ci") or []):]
-        ci = "not estimable" if lo is None else f"{fmt(lo)} to {fmt(hi)} (width {fmt(hi - lo)})"
+        ci = "not estimable" if lo is None else f"{fmt(lo, signed=True)} to {fmt(hi, signed=True)}"
+        check = _judging_check(c, checks)
+        css = STATUS_CSS.get(check["status"], "") if check else ""
+        basis = check["basis"] if check else None
+        if check:
+            judged[key] = {"basis": basis, "threshold": check["threshold"], "status": check["status"]}
         rows.append({"title": title, "value": fmt(c.get("value")),
+                     "direction": "higher is better" if c.get("higher_is_better", True) else "lower is better",
                      "controls": [fmt(ctrl.get(name)) for name in figures.CONTROL_ORDER],
                      "best": figures.CONTROL_LABELS.get(c.get("best_control"), c.get("best_control") or "n/a"),
-                     "skill": fmt(c.get("skill")), "ci": ci, "beats": lo is not None and lo > 0,
+                     "skill": fmt(c.get("skill"), signed=True), "ci": ci,
+                     "skill_css": css if basis == "skill" else "", "value_css": css if basis == "value" else "",
+                     "rule": (f"{check['status_label']}: {check['rule']}" + (" (value)" if basis == "value" else ""))
+                     if check else "not judged",
                      "unit": f"{fmt(c.get('n_units'))} {c.get('ci_unit', 'unit')}s"})
     return {"rows": rows, "headers": [figures.CONTROL_LABELS[c] for c in figures.CONTROL_ORDER],
-            "figure": _safe_figure(notes, "controls", figures.controls_figure, block, titles)}
+            "figure": _safe_figure(notes, "controls", figures.controls_figure, block, titles, judged)}
 
 
 def _change(audit: dict[str, Any], assets: AssetReader) -> dict[str, Any] | None:
@@ -495,7 +504,7 @@ def _change(audit: dict[str, Any], assets: AssetReader) -> dict[str, Any] | None
                      "status": statuses.get(f"change.{name}", "n/a")})
     m = ch.get("mcnemar") or {}
     mcnemar = (f"{m.get('candidate_only_correct', 0)} slices only the candidate gets right, "
-               f"{m.get('baseline_only_correct', 0)} only the baseline; p = {fmt(m.get('p_value'))}") if m else "n/a"
+               f"{m.get('baseline_only_correct', 0)} only the baseline; p = {fmt_p(m.get('p_value'))}") if m else "n/a"
     examples = [{**e, "ssim": fmt(e.get("ssim")),
                  **{k: assets.data_uri(e.get(k), f"change example {k}") for k in ("original", "baseline_map",
                                                                                   "candidate_map")}}
@@ -534,22 +543,29 @@ def _environment(audit: dict[str, Any]) -> dict[str, Any]:
             "budget": f"{fmt(budget)} min" if budget else "none (the [audit] sample sizes as set)"}
 
 
-def build_context(audit: dict[str, Any], assets: AssetReader, *, source_name: str, generated: str) -> dict[str, Any]:
-    """Everything the templates need, in the order the report prints it."""
+def build_context(audit: dict[str, Any], assets: AssetReader, *, source_name: str, generated: str,
+                  audit_sha256: str | None = None) -> dict[str, Any]:
+    """Everything the templates need, in the order the report prints it; facts from reports.facts only."""
     notes: list[str] = []
+    facts = derive_facts(audit, audit_sha256=audit_sha256)
     ctx = {
         "source_name": source_name, "generated": generated,
         "schema_version": audit.get("schema_version", "?"),
         "model_name": _short((audit.get("model") or {}).get("path") or "model"),
         "sha_short": ((audit.get("model") or {}).get("sha256") or "")[:12],
-        "verdict": _verdict(audit),
+        "report_id": facts["trace"]["report_id"],
+        "verdict": _verdict(facts),
         "model": _model(audit, assets),
-        "data": _data(audit, assets),
+        "data": _data(audit, assets, facts),
         "performance": _performance(audit, notes),
-        "explanations": _explanations(audit, assets, notes),
+        "explanations": _explanations(audit, assets, notes, facts),
         "change": _change(audit, assets),
         "environment": _environment(audit),
         "limitations": derive_limitations(audit),
+        "signoff_roles": SIGNOFF_ROLES,
     }
     ctx["notes"] = notes + assets.notes
     return ctx
+
+
+SIGNOFF_ROLES = ("Technical reviewer (ML)", "Clinical reviewer", "Quality / regulatory")

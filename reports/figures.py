@@ -12,11 +12,13 @@ import math
 from typing import Any, Callable
 
 import matplotlib
+import matplotlib.lines
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from audit.schema_io import CONTROL_NAMES
+from reports.facts import CONTROL_LABELS as FACT_CONTROL_LABELS
 
 DPI = 130
 WIDE = (6.8, 2.6)      # full text width of an A4 page with 14 mm margins
@@ -145,8 +147,11 @@ def reliability_figure(reliability: dict[str, Any] | None, ece: float | None) ->
 
 
 @_figure
-def faithfulness_figure(curves: dict[str, Any] | None) -> Figure | None:
-    """Deletion and insertion curves (saliency order vs each control map's order), the Petsiuk et al. plots."""
+def faithfulness_figure(curves: dict[str, Any] | None, score: str = "class score") -> Figure | None:
+    """Deletion and insertion curves (saliency order vs each control map's order), the Petsiuk et al. plots.
+
+    ``score`` names what the curves measure (reports.facts.FAITHFULNESS_SCORE), so axis and caption agree.
+    """
     if not curves or not curves.get("fraction"):
         return None
     frac = _floats(curves["fraction"])
@@ -166,10 +171,23 @@ def faithfulness_figure(curves: dict[str, Any] | None) -> Figure | None:
             if n:
                 ax.plot(frac[:n], ys[:n], style, lw=1.6 if style == "-" else 1.1, label=name)
         ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel=f"fraction of pixels {'removed' if kind == 'deletion' else 'inserted'}",
-               ylabel="probability of the class", title=kind.capitalize())
+               ylabel=score, title=kind.capitalize())
         ax.legend(frameon=False)
     fig.tight_layout()
     return fig
+
+
+SIMILARITY_LABELS = {"spearman": "|Spearman| rank correlation", "spearman_signed": "Spearman (signed)",
+                     "ssim": "SSIM", "hog": "HOG-feature similarity"}
+
+
+def stage_labels(layers: list[str]) -> list[str]:
+    """Distinct tick labels for layer paths: drop the prefix they share ("small_resnet/block4" -> "block4")."""
+    parts = [str(name).split("/") for name in layers]
+    labels = [p[-1] if len(p) > 1 else p[0] for p in parts]
+    if len(set(labels)) < len(labels):  # the last parts collide: keep the full paths
+        labels = [str(name) for name in layers]
+    return [label(text, 22) for text in labels]
 
 
 @_figure
@@ -177,20 +195,21 @@ def randomization_figure(stages: list[dict[str, Any]] | None) -> Figure | None:
     """Similarity of maps to the trained model's as layers are randomised from the top (Adebayo et al.)."""
     if not stages:
         return None
-    names = [label(s.get("layer", "?"), 18) for s in stages]
+    names = stage_labels([s.get("layer", "?") for s in stages])
     x = np.arange(len(stages))
     fig = Figure(figsize=WIDE)
     ax = fig.subplots()
     for key, marker in (("spearman", "o"), ("spearman_signed", "v"), ("ssim", "s"), ("hog", "^")):
         if any(s.get(key) is not None for s in stages):
-            ax.plot(x, _floats([s.get(key) for s in stages]), marker=marker, ms=3, lw=1.2, label=key)
+            ax.plot(x, _floats([s.get(key) for s in stages]), marker=marker, ms=3, lw=1.2,
+                    label=SIMILARITY_LABELS[key])
     edge = [((s.get("controls") or {}).get("edge") or {}).get("spearman") for s in stages]
     if any(v is not None for v in edge):
-        ax.plot(x, _floats(edge), ":", color="#888888", lw=1.2, label="edge-map control (Spearman)")
-    ax.set_xticks(x, names, rotation=20, ha="right")
-    ax.set(ylim=(-0.05, 1.05), ylabel="similarity to trained-model map",
+        ax.plot(x, _floats(edge), ":", color="#888888", lw=1.2, label="edge-map control (|Spearman|)")
+    ax.set_xticks(x, names)
+    ax.set(ylim=(-0.45, 1.05), ylabel="similarity to trained-model map", xlabel="randomised down to (top first)",
            title="Cascading model randomisation (top layer first)")
-    ax.legend(frameon=False)
+    ax.legend(frameon=True, framealpha=0.9, loc="lower left", ncol=2)
     fig.tight_layout()
     return fig
 
@@ -226,31 +245,75 @@ def stability_figure(stability: dict[str, dict[str, Any]] | None) -> Figure | No
 
 
 CONTROL_ORDER = CONTROL_NAMES
-CONTROL_LABELS = {"random": "random smooth", "brain_uniform": "brain-uniform", "edge": "edge (Sobel)",
-                  "centre": "centre prior"}
+CONTROL_LABELS = FACT_CONTROL_LABELS
 
 
 @_figure
-def controls_figure(controls: dict[str, dict[str, Any]] | None, titles: dict[str, str]) -> Figure | None:
-    """Each explanation figure: the model's value beside every control map's, on the same images."""
+def controls_figure(controls: dict[str, dict[str, Any]] | None, titles: dict[str, str],
+                    judged: dict[str, dict[str, Any]] | None = None) -> Figure | None:
+    """One dot-and-whisker row per figure, each on its own axis (the figures have different scales).
+
+    A skill-judged figure shows its skill over the best control with the 95% CI whisker and the rule's
+    threshold; any other shows the model's value as a dot with the four control maps as markers. Each row
+    states its direction; the legend sits inside the figure, above the rows.
+    """
     if not controls:
         return None
+    judged = judged or {}
     keys = [k for k in titles if k in controls and (controls[k] or {}).get("value") is not None]
     if not keys:
         return None
-    fig = Figure(figsize=(WIDE[0], 0.9 + 0.55 * len(keys)))
+    fig = Figure(figsize=(WIDE[0], 0.75 + 0.42 * len(keys)))
+    axes = np.atleast_1d(fig.subplots(len(keys), 1))
+    markers = {"random": "x", "brain_uniform": "s", "edge": "^", "centre": "D"}
+    status_colour = {"PASS": "#2e7d32", "WARN": "#d98c00", "FAIL": "#c62828", "ERROR": "#c62828"}
+    for ax, key in zip(axes, keys):
+        c = controls[key] or {}
+        rule = judged.get(key) or {}
+        colour = status_colour.get(rule.get("status"), "#222222")
+        if rule.get("basis") == "skill" and isinstance(c.get("skill"), (int, float)):
+            ci = c.get("skill_ci") or [None, None]
+            if None not in ci:
+                ax.plot(ci, [0, 0], "-", color=colour, lw=2)
+            ax.plot([c["skill"]], [0], "o", color=colour, ms=5)
+            threshold = rule.get("threshold")
+            ax.axvline(0 if threshold is None else threshold, color="#555555", lw=0.8, ls="--")
+            what = "skill over best control, 95% CI (higher is better)"
+        else:
+            for name in CONTROL_ORDER:
+                v = (c.get("controls") or {}).get(name)
+                if v is not None:
+                    ax.plot([v], [0], markers[name], color="#777777", ms=4, mfc="none")
+            ax.plot([c["value"]], [0], "o", color=colour, ms=5)
+            if rule.get("threshold") is not None:
+                ax.axvline(rule["threshold"], color="#555555", lw=0.8, ls="--")
+            what = "value beside the controls (" + ("higher" if c.get("higher_is_better", True) else "lower") \
+                + " is better)"
+        ax.set_yticks([])
+        ax.grid(True, axis="x")
+        ax.spines["left"].set_visible(False)
+        ax.set_ylim(-1, 1)
+        ax.tick_params(axis="x", labelsize=6)
+        ax.set_title(f"{label(titles[key], 48)} — {what}", fontsize=6.5, loc="left", pad=2)
+    handles = [matplotlib.lines.Line2D([], [], marker="o", ls="-", color="#222222", ms=4, label="model (CI whisker)"),
+               matplotlib.lines.Line2D([], [], ls="--", color="#555555", label="rule's threshold")]
+    handles += [matplotlib.lines.Line2D([], [], marker=markers[n], ls="", color="#777777", mfc="none",
+                                        label=CONTROL_LABELS[n]) for n in CONTROL_ORDER]
+    fig.legend(handles=handles, loc="upper center", ncol=6, frameon=False, fontsize=6,
+               bbox_to_anchor=(0.5, 0.995))
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.32 / fig.get_figheight()))
+    return fig
+
+
+@_figure
+def colour_scale() -> Figure:
+    """The gallery overlays' colour scale (OpenCV jet at alpha 0.4 over the slice, map scaled to [0, 1])."""
+    fig = Figure(figsize=(3.0, 0.42))
     ax = fig.subplots()
-    series = [("model", None)] + [(CONTROL_LABELS.get(c, c), c) for c in CONTROL_ORDER]
-    height = 0.8 / len(series)
-    y = np.arange(len(keys))
-    for j, (name, control) in enumerate(series):
-        values = [controls[k]["value"] if control is None else (controls[k].get("controls") or {}).get(control)
-                  for k in keys]
-        ax.barh(y + (j - (len(series) - 1) / 2) * height, _floats(values), height=height, label=name,
-                color="#222222" if control is None else None)
-    ax.set_yticks(y, [label(titles[k], 40) for k in keys])
-    ax.invert_yaxis()
-    ax.set(xlabel="figure value (see table for direction)", title="Model beside its control maps")
-    ax.legend(frameon=False, fontsize=7, ncol=5, loc="upper center", bbox_to_anchor=(0.5, -0.12))
-    fig.tight_layout()
+    ax.imshow(np.linspace(0, 1, 256)[None, :], aspect="auto", cmap="jet", extent=(0, 1, 0, 1))
+    ax.set_yticks([])
+    ax.set_xticks([0, 0.5, 1], ["0 (least)", "0.5", "1 (most attribution)"])
+    ax.grid(False)
+    ax.tick_params(labelsize=6)
+    fig.tight_layout(pad=0.2)
     return fig

@@ -13,6 +13,7 @@ from markupsafe import Markup
 from model.errors import AlzAuditError
 from reports.assets import AssetReader
 from reports.context import build_context
+from reports.facts import sha256_bytes
 from reports.loader import load_audit
 from reports.pdf import html_to_pdf
 
@@ -44,12 +45,21 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+def audit_sha256(path: Path) -> str | None:
+    """SHA-256 of audit.json's bytes as read now: the report ID a reviewer signs is derived from it."""
+    try:
+        return sha256_bytes(Path(path).read_bytes())
+    except OSError:
+        return None
+
+
 def render_html(audit_json_path: Path) -> str:
     """The report as one HTML string: images and figures inline as data: URIs, CSS inline."""
     audit = load_audit(audit_json_path)
     assets = AssetReader(audit_json_path.parent)
     generated = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    ctx = build_context(audit, assets, source_name=audit_json_path.name, generated=generated)
+    ctx = build_context(audit, assets, source_name=audit_json_path.name, generated=generated,
+                        audit_sha256=audit_sha256(audit_json_path))
     css = Markup((STATIC / "report.css").read_text(encoding="utf-8"))  # our own file, not audit data
     return make_environment().get_template("report.html.j2").render(css=css, **ctx)
 

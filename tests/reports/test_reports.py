@@ -90,12 +90,12 @@ def test_html_has_every_section_in_order_and_the_verdict(realistic):
     html = realistic["html"]
     headings = re.findall(r"<h2>(\d) ([^<]+)</h2>", html)
     assert [n for n, _ in headings] == list("1234567")
-    for needle in ("Verdict", "Model identity", "Data", "Performance", "Explanations", "Throughput and environment",
+    for needle in ("Summary and verdict", "Model identity", "Data", "Performance", "Explanations", "Throughput and environment",
                    "Limitations and sign-off"):
         assert any(needle == title for _, title in headings), needle
     assert '<div class="banner pass">' in html and '<span class="run-verdict">PASS</span>' in html
     for text in ("Classification report", "Grad-CAM++", "Reliability diagram", "subject bootstrap, 1,000 resamples",
-                 "Worst near-duplicate pairs", "Reviewer sign-off", "ModerateDemented has fewer than 5 subjects",
+                 "Worst near-duplicate pairs", "Sign-off for report AZA-", "ModerateDemented has fewer than 5 subjects",
                  "The data are synthetic", realistic["audit"]["model"]["sha256"]):
         assert text in html, text
 
@@ -113,7 +113,7 @@ def test_pdf_has_verdict_and_every_check_id(realistic):
     assert "verdict:PASS" in text
     for check in realistic["audit"]["checks"]:
         assert check["id"] in text, check["id"]
-    assert "7Limitationsandsign-off" in text and "Reviewersign-off" in text
+    assert "7Limitationsandsign-off" in text and "Sign-offforreportAZA-" in text
 
 
 def test_pdf_size_and_render_time_are_bounded(realistic):
