@@ -181,7 +181,7 @@ def localization_section(result: dict | None) -> dict | None:
     return {"energy_pointing": summary(result.get("energy_pointing")), "hit_rate": summary(result.get("pointing_game")),
             "auprc": summary(result.get("auprc")), "outside_brain": summary(result.get("outside_brain")),
             "n_evaluated": result.get("n_evaluated"), "n_empty_masks": result.get("n_excluded_empty_mask"),
-            "brain_source": result.get("brain_source")}
+            "selection": to_jsonable(result.get("selection")), "brain_source": result.get("brain_source")}
 
 
 def prior_section(run) -> dict | None:

@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
-from audit.schema_io import CONTROL_FIGURES, STABILITY_CONTROL_PREFIX, STATUS_ORDER
+from audit.schema_io import CONTROL_FIGURES, STABILITY_CONTROL_PREFIX
 from reports import figures
 from reports.assets import AssetReader, to_data_uri
 from reports.facts import FAITHFULNESS_SCORE, derive_facts, fmt, fmt_p, fmt_param

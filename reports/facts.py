@@ -175,7 +175,7 @@ def check_row(audit: dict[str, Any], check: dict[str, Any]) -> dict[str, Any]:
         why = f"95% CI includes {fmt(threshold)}: not shown" + (
             f" to beat the {best} control map" if best and basis == "skill" else "")
     elif outcome == "shown":
-        why = f"95% CI clear of {fmt(threshold)}" + (f": beats every control map" if basis == "skill" else "")
+        why = f"95% CI clear of {fmt(threshold)}" + (": beats every control map" if basis == "skill" else "")
     else:
         why = ""
     return {
@@ -188,8 +188,22 @@ def check_row(audit: dict[str, Any], check: dict[str, Any]) -> dict[str, Any]:
         "rule": rule, "threshold": threshold, "direction": direction, "outcome": outcome,
         "best_control": best, "why": why, "meaning": _meaning(check), "message": check.get("message", ""),
         "cites": check.get("cites") or [], "scope": check.get("scope") if isinstance(check.get("scope"), dict)
-        else None, "comparison": comparison or None,
+        else None, "comparison": comparison or None, "bank": bank_text(check.get("bank")),
     }
+
+
+def bank_text(bank: Any) -> str | None:
+    """'rejected 5/7 known-bad, passed 6/6 known-good' from the reference bank's record (audit.json ``bank``)."""
+    if not isinstance(bank, dict) or not (bank.get("bad_n") or bank.get("good_n")):
+        return None
+    text = (f"reference bank ({str(bank.get('condition', '')).replace('_', ' ')}): rejected "
+            f"{bank.get('bad_rejected', 0)}/{bank.get('bad_n', 0)} known-bad, passed "
+            f"{bank.get('good_passed', 0)}/{bank.get('good_n', 0)} known-good")
+    if _num(bank.get("auroc")) is not None:
+        text += f", AUROC {fmt(bank['auroc'])}"
+    if bank.get("demoted"):
+        text += "; too weak a separation to fail a model, so it can only warn"
+    return text
 
 
 # ---------------------------------------------------------------------------------------------- data

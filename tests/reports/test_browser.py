@@ -15,11 +15,10 @@ import shutil
 import subprocess
 import tempfile
 import time
-from pathlib import Path
 
 import pytest
-
 from fixtures.make_audit_fixture import write_audit_fixture
+
 from reports import render_report
 
 DEADLINE_S = 60

@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
+from fixtures.make_audit_fixture import CLASSES, make_audit, write_audit, write_audit_fixture
 from markupsafe import escape
 from pypdf import PdfReader
 
 from audit.schema_io import load_schema, validate_audit
-from fixtures.make_audit_fixture import CLASSES, make_audit, write_audit, write_audit_fixture
 from model.errors import AlzAuditError
 from reports import render_report
 from reports.assets import AssetReader

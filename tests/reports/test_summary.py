@@ -2,16 +2,14 @@
 traceability and the model card. Assertions are on the rendered HTML text (and PDF where it matters)."""
 from __future__ import annotations
 
-import copy
 import hashlib
 import html as htmllib
-import json
 import re
 
 import pytest
+from fixtures.make_audit_fixture import make_audit, write_audit
 from pypdf import PdfReader
 
-from fixtures.make_audit_fixture import make_audit, write_audit
 from reports import figures, render_report
 from reports.facts import check_row, derive_facts, fmt
 from reports.model_card import render_model_card
@@ -255,45 +253,10 @@ def test_signoff_has_roles_and_accept_with_conditions(rendered):
 # ---- item 5: model card --------------------------------------------------------------------------------
 
 def parse_yaml_subset(text: str):
-    """The block YAML the card emits (mappings, '- ' lists, JSON scalars); PyYAML when it is installed."""
-    try:
-        import yaml
-        return yaml.safe_load(text)
-    except ImportError:
-        pass
-    lines = [ln for ln in text.splitlines() if ln.strip()]
+    """The card's front matter parsed by PyYAML (a test dependency): what model hubs read."""
+    import yaml
 
-    def scalar(s):
-        return json.loads(s)  # strict: anything not a JSON scalar fails the test
-
-    def block(i, indent):
-        if lines[i].lstrip().startswith("- ") and len(lines[i]) - len(lines[i].lstrip()) == indent:
-            out = []
-            while i < len(lines) and len(lines[i]) - len(lines[i].lstrip()) == indent and \
-                    lines[i].lstrip().startswith("- "):
-                rest = lines[i].lstrip()[2:]
-                if ":" in rest and not rest.startswith('"'):
-                    lines[i] = " " * (indent + 2) + rest
-                    item, i = block(i, indent + 2)
-                else:
-                    item, i = scalar(rest), i + 1
-                out.append(item)
-            return out, i
-        out = {}
-        while i < len(lines) and len(lines[i]) - len(lines[i].lstrip()) == indent and \
-                not lines[i].lstrip().startswith("- "):
-            key, _, rest = lines[i].strip().partition(":")
-            assert re.fullmatch(r"[A-Za-z_][\w-]*", key), lines[i]
-            if rest.strip():
-                out[key], i = scalar(rest.strip()), i + 1
-            else:
-                nxt = len(lines[i + 1]) - len(lines[i + 1].lstrip())
-                out[key], i = block(i + 1, nxt)
-        return out, i
-
-    value, end = block(0, 0)
-    assert end == len(lines), f"unparsed YAML from line {end}: {lines[end]!r}"
-    return value
+    return yaml.safe_load(text)
 
 
 def test_model_card_front_matter_is_valid_model_index(rendered):
@@ -339,3 +302,17 @@ def test_check_row_delta_judges_the_ci_bound():
                             "direction": "min", "severity": "fail", "status": "FAIL", "basis": "delta",
                             "message": ""})
     assert row["judged"] == "-0.030" and row["estimate"] == "+0.010" and row["outcome"] == "not shown"
+
+
+def test_the_check_table_quotes_the_reference_bank(tmp_path):
+    """Every gating check shows how the reference bank's known-bad and known-good models fared on it."""
+    from fixtures.make_audit_fixture import make_audit, write_audit
+
+    from reports import render_report
+
+    audit = make_audit(tmp_path)
+    check = next(c for c in audit["checks"] if c["status"] == "PASS")
+    check["bank"] = {"condition": "without_masks", "bad_rejected": 5, "bad_n": 7, "good_passed": 6, "good_n": 6,
+                     "auroc": 0.93, "demoted": False}
+    html = " ".join(render_report(write_audit(tmp_path, audit), pdf=False)["html"].read_text("utf-8").split())
+    assert "reference bank (without masks): rejected 5/7 known-bad, passed 6/6 known-good, AUROC 0.930" in html
