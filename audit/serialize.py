@@ -246,8 +246,21 @@ def gallery_section(run) -> list[dict]:
                       "original": Artefact(f"{stem}_original.png", base),
                       "gradcam": Artefact(f"{stem}_gradcam.png", overlay(base, item["gradcam"])),
                       "gradcam_pp": Artefact(f"{stem}_gradcampp.png", overlay(base, item["gradcam_pp"])),
-                      "ig": Artefact(f"{stem}_ig.png", overlay(base, item["ig"]))})
+                      "ig": Artefact(f"{stem}_ig.png", overlay(base, visible(item["ig"])))})
     return items
+
+
+def visible(heatmap: np.ndarray, percentile: float = 99.0) -> np.ndarray:
+    """A map rescaled for the eye: values at or above its ``percentile`` of non-zero pixels are full scale.
+
+    IG's attribution sits on few pixels, so a max-scaled overlay is nearly blank; only the picture changes,
+    never a figure."""
+    heatmap = np.asarray(heatmap, dtype=np.float32)
+    positive = heatmap[heatmap > 0]
+    if not positive.size:
+        return heatmap
+    top = float(np.percentile(positive, percentile))
+    return np.clip(heatmap / top, 0.0, 1.0) if top > 0 else heatmap
 
 
 def heatmap_sample_section(run) -> Artefact:

@@ -62,3 +62,13 @@ def test_a_document_is_written_when_every_block_fails(tmp_path):
     from audit.schema_io import validate_audit
 
     validate_audit(document)
+
+
+def test_the_ig_overlay_is_scaled_for_the_eye_not_for_the_figures():
+    from audit.serialize import visible
+
+    heat = np.zeros((10, 10), np.float32)
+    heat[0, 0], heat[1:3, 1:3] = 1.0, 0.05  # one hot pixel hides everything else when scaled by the max
+    shown = visible(heat, percentile=50)
+    assert shown[1, 1] == 1.0 and shown.max() == 1.0 and shown.min() == 0.0
+    assert np.array_equal(visible(np.zeros((4, 4))), np.zeros((4, 4)))
