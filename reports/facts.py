@@ -188,7 +188,10 @@ def check_row(audit: dict[str, Any], check: dict[str, Any]) -> dict[str, Any]:
         "rule": rule, "threshold": threshold, "direction": direction, "outcome": outcome,
         "best_control": best, "why": why, "meaning": _meaning(check), "message": check.get("message", ""),
         "cites": check.get("cites") or [], "scope": check.get("scope") if isinstance(check.get("scope"), dict)
-        else None, "comparison": comparison or None, "bank": bank_text(check.get("bank")),
+        else None, "comparison": comparison or None,
+        # The bank's record for gating checks (and for any it demoted to warn-only): how often it is wrong.
+        "bank": bank_text(check.get("bank")) if check.get("severity") == "fail" or (check.get("bank") or {}).get(
+            "demoted") else None,
     }
 
 
@@ -196,11 +199,10 @@ def bank_text(bank: Any) -> str | None:
     """'rejected 5/7 known-bad, passed 6/6 known-good' from the reference bank's record (audit.json ``bank``)."""
     if not isinstance(bank, dict) or not (bank.get("bad_n") or bank.get("good_n")):
         return None
-    text = (f"reference bank ({str(bank.get('condition', '')).replace('_', ' ')}): rejected "
-            f"{bank.get('bad_rejected', 0)}/{bank.get('bad_n', 0)} known-bad, passed "
+    text = (f"reference bank: rejected {bank.get('bad_rejected', 0)}/{bank.get('bad_n', 0)} known-bad, passed "
             f"{bank.get('good_passed', 0)}/{bank.get('good_n', 0)} known-good")
     if _num(bank.get("auroc")) is not None:
-        text += f", AUROC {fmt(bank['auroc'])}"
+        text += f", AUROC {float(bank['auroc']):.2f}"
     if bank.get("demoted"):
         text += "; too weak a separation to fail a model, so it can only warn"
     return text
