@@ -17,9 +17,14 @@ def registrations(run) -> list:
     The manifest's brain masks are not passed in: on the demo split at 128 px they made 11 of 288 slices
     land more than 10 mm off their level (worst 45 mm), the image alone 1 (worst 13 mm;
     docs/measurements.md), and users' data has none."""
-    from audit.anatomy import register_slices
+    from audit.anatomy import SliceRegistration, register_slices
+    from model.errors import ParameterError
 
-    return register_slices(run.images)
+    try:
+        return register_slices(run.images)
+    except ParameterError as exc:  # e.g. a 28-px model input: nothing can be placed, so nothing is judged
+        refused = SliceRegistration(z_mm=None, matrix=None, quality=0.0, ok=False, reason=exc.problem)
+        return [refused] * len(run.images)
 
 
 def registration_summary(run) -> dict:

@@ -167,3 +167,14 @@ def test_bad_arguments_name_the_parameter():
         register_slices(np.zeros((1, 64, 64)), brain_masks=np.zeros((2, 64, 64)))
     with pytest.raises(AlzAuditError, match="^shape: expected"):
         ad_prior([], (64,))
+
+
+def test_the_gate_refuses_slices_too_small_to_register_instead_of_erroring():
+    """A model with a 28-px input: every slice is refused with the reason, so the checks are not applicable."""
+    from types import SimpleNamespace
+
+    from audit.stages.anatomy import registrations
+
+    run = SimpleNamespace(images=np.zeros((3, 28, 28), np.uint8))
+    regs = registrations(run)
+    assert [r.ok for r in regs] == [False] * 3 and "at least 32x32" in regs[0].reason
