@@ -179,6 +179,9 @@ def localization(run) -> dict | None:
     return result
 
 
+MIN_PRIOR_SHARE = 0.05  # slices where the prior covers less of the brain than this are not asked to point at it
+
+
 def prior_localization(run) -> dict | None:
     """Share of Grad-CAM mass inside the AD evidence prior (audit.anatomy), beside the controls; None
     when too few slices register to the template.
@@ -192,9 +195,12 @@ def prior_localization(run) -> dict | None:
 
     idx = run.gradcam_indices
     registered = np.array([run.registrations[i].ok for i in idx], dtype=bool)
+    # A slice above or below where the prior lies (e.g. the vertex) has nothing to point at: left out.
+    prior_area = run.prior_maps[idx].sum(axis=(1, 2))
+    has_prior = prior_area >= MIN_PRIOR_SHARE * np.maximum(run.control_brain[idx].sum(axis=(1, 2)), 1)
     demented = run.disease_mask[idx]
     correct = run.predicted[idx] == run.labels[idx]
-    eligible = registered & demented
+    eligible = registered & demented & has_prior
     chosen = np.flatnonzero(eligible & correct)
     fallback = None
     if len({run.subjects[i] for i in idx[chosen]}) < 2 or len(chosen) < MIN_REGISTERED:
@@ -202,12 +208,14 @@ def prior_localization(run) -> dict | None:
                     "demented slice was evaluated instead")
         chosen = np.flatnonzero(eligible)
     selection = {"n_explained": int(len(idx)), "n_registered": int(registered.sum()),
+                 "n_registered_without_prior": int((registered & ~has_prior).sum()),
                  "n_demented_registered": int(eligible.sum()), "n_correct": int((eligible & correct).sum()),
                  "n_evaluated": int(len(chosen)), "fallback": fallback}
     if len(chosen) < MIN_REGISTERED:
         return {"selection": selection, "applicable": False,
-                "reason": f"only {len(chosen)} demented-stage slice(s) registered to the MNI152 template "
-                          f"(at least {MIN_REGISTERED} needed); {run.registration_summary['refused'] or ''}"}
+                "reason": f"only {len(chosen)} demented-stage slice(s) registered to the MNI152 template at a level "
+                          f"where the prior lies (at least {MIN_REGISTERED} needed); refused: "
+                          f"{run.registration_summary['refused'] or 'none'}"}
     from audit.anatomy import prior_regions
     from audit.quality.base import CITES, MetricResult, normalize_maps
 
