@@ -178,3 +178,26 @@ def test_the_gate_refuses_slices_too_small_to_register_instead_of_erroring():
     run = SimpleNamespace(images=np.zeros((3, 28, 28), np.uint8))
     regs = registrations(run)
     assert [r.ok for r in regs] == [False] * 3 and "at least 32x32" in regs[0].reason
+
+
+def test_slices_where_the_prior_does_not_lie_are_not_asked_to_point_at_it():
+    """A registered slice whose prior is (nearly) empty, e.g. above the ventricles, is left out; with too few
+    slices left the check is not applicable and says why."""
+    from types import SimpleNamespace
+
+    from audit.anatomy import SliceRegistration
+    from audit.config import AuditConfig
+    from audit.stages.quality import prior_localization
+
+    n, size = 12, 32
+    ok = SliceRegistration(z_mm=10.0, matrix=np.eye(2, 3), quality=0.8, ok=True, reason=None)
+    prior = np.zeros((n, size, size), np.float32)
+    prior[:6, 8:24, 8:24] = 1.0                       # six slices with a prior, six (the vertex) without
+    run = SimpleNamespace(
+        gradcam_indices=np.arange(n), registrations=[ok] * n, prior_maps=prior,
+        control_brain=np.ones((n, size, size), bool), disease_mask=np.ones(n, bool),
+        predicted=np.ones(n, int), labels=np.ones(n, int), subjects=[f"S{i % 4}" for i in range(n)],
+        registration_summary={"refused": {}}, config=AuditConfig())
+    result = prior_localization(run)
+    assert result["applicable"] is False and result["selection"]["n_registered_without_prior"] == 6
+    assert "where the prior lies" in result["reason"]
