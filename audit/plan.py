@@ -35,6 +35,7 @@ class UnitCosts:
     forward: float
     gradcam: float
     ig_row: float
+    registration: float = 0.0   # registering one slice to MNI152 (audit.anatomy), after the template is loaded
 
 
 @dataclass
@@ -49,7 +50,8 @@ class StagePlan:
 
 
 def measure_costs(run, batch: int | None = None) -> UnitCosts:
-    """Time one warm batch of predictions, Grad-CAM and IG rows on the run's own images and model."""
+    """Time one warm batch of predictions, Grad-CAM and IG rows on the run's own images and model, and the
+    registration of a few of its slices to MNI152."""
     from audit.explain.ig import ig_function
 
     n = min(len(run.inputs), batch or run.config.batch_size)
@@ -67,7 +69,16 @@ def measure_costs(run, batch: int | None = None) -> UnitCosts:
     alphas = np.linspace(0, 1, n).astype(np.float32)
     wanted = np.zeros(n, np.int32)
     ig_row = timed(lambda: step(x, np.zeros_like(x), alphas, wanted))
-    return UnitCosts(forward, gradcam, ig_row)
+    from audit.anatomy import register_slices
+    from audit.anatomy.prior import load_prior
+    from audit.anatomy.registration import load_atlas
+
+    load_atlas(), load_prior()  # the template's tables, once per process: not a per-image cost
+    sample = run.images[: min(8, len(run.images))]
+    started = time.perf_counter()
+    register_slices(sample)
+    registration = (time.perf_counter() - started) / max(len(sample), 1)
+    return UnitCosts(forward, gradcam, ig_row, registration)
 
 
 def plan_stages(n_images: int, config, costs: UnitCosts, n_sigmas: int) -> list[StagePlan]:
@@ -85,6 +96,7 @@ def plan_stages(n_images: int, config, costs: UnitCosts, n_sigmas: int) -> list[
     noisy = n_sigmas * config.stability_draws
     return [
         StagePlan("predictions", n_images, "1 forward pass", n_images * costs.forward),
+        StagePlan("registration", n_images, "1 affine registration to MNI152", n_images * costs.registration),
         StagePlan("Grad-CAM", n_cam, "1 Grad-CAM", n_cam * costs.gradcam),
         StagePlan("Integrated Gradients", n_ig, f"~{rows} gradient rows", n_ig * rows * costs.ig_row),
         StagePlan("faithfulness", n_f, f"{curves} forward passes (5 orders x 2 curves)", n_f * curves * costs.forward),
@@ -99,13 +111,13 @@ def fit_budget(n_images: int, config, costs: UnitCosts, n_sigmas: int, minutes: 
     """A copy of ``config`` whose sampled stages fit ``minutes`` (planned to ``BUDGET_HEADROOM`` of them;
     never below MIN_IMAGES each).
 
-    Predictions and Grad-CAM over every image are kept (every other figure needs them); the sampled
+    Predictions, Grad-CAM and registration over every image are kept (every other figure needs them); the sampled
     stages (IG, faithfulness, stability, randomization) shrink by one common factor.
     """
     budget = minutes * 60.0 * BUDGET_HEADROOM
     plans = {p.stage: p for p in plan_stages(n_images, config, costs, n_sigmas)}
-    fixed = plans["predictions"].seconds + plans["Grad-CAM"].seconds
-    sampled = sum(p.seconds for name, p in plans.items() if name not in ("predictions", "Grad-CAM"))
+    fixed = plans["predictions"].seconds + plans["Grad-CAM"].seconds + plans["registration"].seconds
+    sampled = sum(p.seconds for name, p in plans.items() if name not in ("predictions", "Grad-CAM", "registration"))
     if fixed + sampled <= budget or sampled <= 0:
         return config
     factor = max(0.0, budget - fixed) / sampled
