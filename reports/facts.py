@@ -91,7 +91,7 @@ def short_text(text: str, width: int = 90) -> str:
     previous = None
     while previous != text:
         previous = text
-        text = re.sub(r"\s*\([^()]*\)\s*$", "", text).rstrip(" ;,.")
+        text = _drop_trailing_parenthetical(text).rstrip(" ;,.")
     if len(text) <= width:
         return text
     text = re.sub(r"\s*\([^()]*\)", "", text)  # inner details too, once the sentence is too long
@@ -101,6 +101,19 @@ def short_text(text: str, width: int = 90) -> str:
     if cut > width // 3:
         return text[:cut]
     return text[:width].rsplit(" ", 1)[0] + "…"
+
+
+def _drop_trailing_parenthetical(text: str) -> str:
+    """'a (b (c) d)' -> 'a': the whole balanced group at the end, nested parentheses included."""
+    text = text.rstrip()
+    if not text.endswith(")"):
+        return text
+    depth = 0
+    for i in range(len(text) - 1, -1, -1):
+        depth += {")": 1, "(": -1}.get(text[i], 0)
+        if depth == 0:
+            return text[:i].rstrip()
+    return text  # unbalanced: leave it
 
 
 def _meaning(check: dict[str, Any]) -> str:

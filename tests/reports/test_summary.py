@@ -316,3 +316,13 @@ def test_the_check_table_quotes_the_reference_bank(tmp_path):
                      "auroc": 0.93, "demoted": False}
     html = " ".join(render_report(write_audit(tmp_path, audit), pdf=False)["html"].read_text("utf-8").split())
     assert "reference bank: rejected 5/7 known-bad, passed 6/6 known-good, AUROC 0.93" in html
+
+
+def test_a_reason_never_ends_in_a_cut_parenthesis():
+    """Nested parentheses at the end of a machine sentence go as a whole, not as a dangling fragment."""
+    from reports.facts import short_text
+
+    text = ("median relative completeness error of Integrated Gradients (adaptive graded to 0.05: 26 intervals "
+            "per image on average, at most 128; 64 images with an estimable F(x) - F(x'))")
+    assert short_text(text) == "median relative completeness error of Integrated Gradients"
+    assert short_text("a value (unbalanced") == "a value (unbalanced"
