@@ -212,7 +212,7 @@ class AuditRun(AuditInputs):
         return anatomy.control_brain(self)
 
     @cached_property
-    def prior_localization(self) -> dict | None:
+    def prior_localization(self) -> dict:
         return quality.prior_localization(self)
 
     @cached_property

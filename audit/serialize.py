@@ -184,11 +184,9 @@ def localization_section(result: dict | None) -> dict | None:
             "selection": to_jsonable(result.get("selection")), "brain_source": result.get("brain_source")}
 
 
-def prior_section(run) -> dict | None:
+def prior_section(run) -> dict:
     """The mask-free localisation: registration to the template, and the map's mass inside the AD prior."""
     result = run.prior_localization
-    if result is None:
-        return None
     return {"applicable": result["applicable"], "reason": result.get("reason"),
             "energy": summary(result.get("energy")), "prior_area_share": result.get("prior_area_share"),
             "regions": result.get("regions"),

@@ -182,9 +182,14 @@ def localization(run) -> dict | None:
 MIN_PRIOR_SHARE = 0.05  # slices where the prior covers less of the brain than this are not asked to point at it
 
 
-def prior_localization(run) -> dict | None:
-    """Share of Grad-CAM mass inside the AD evidence prior (audit.anatomy), beside the controls; None
-    when too few slices register to the template.
+def share_of_brain(region: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """Per image, a (soft) region's area as a share of the brain's: what a brain-uniform map scores in it."""
+    return region.sum(axis=(1, 2)) / np.maximum(brain.sum(axis=(1, 2)), 1)
+
+
+def prior_localization(run) -> dict:
+    """Share of Grad-CAM mass inside the AD evidence prior (audit.anatomy), beside the controls; with
+    ``applicable`` False and the reason when too few slices register where the prior lies.
 
     The mask-free counterpart of ``localization``: asked of correctly classified demented-stage slices
     that registered (all registered demented slices when fewer than 10, or fewer than 2 subjects, are
@@ -196,8 +201,7 @@ def prior_localization(run) -> dict | None:
     idx = run.gradcam_indices
     registered = np.array([run.registrations[i].ok for i in idx], dtype=bool)
     # A slice above or below where the prior lies (e.g. the vertex) has nothing to point at: left out.
-    prior_area = run.prior_maps[idx].sum(axis=(1, 2))
-    has_prior = prior_area >= MIN_PRIOR_SHARE * np.maximum(run.control_brain[idx].sum(axis=(1, 2)), 1)
+    has_prior = share_of_brain(run.prior_maps[idx], run.control_brain[idx]) >= MIN_PRIOR_SHARE
     demented = run.disease_mask[idx]
     correct = run.predicted[idx] == run.labels[idx]
     eligible = registered & demented & has_prior
@@ -223,7 +227,7 @@ def prior_localization(run) -> dict | None:
     maps = normalize_maps(run.gradcam_maps[chosen])
     brain = run.control_brain[idx[chosen]]
     regions = {name: {"map_energy": float(energy_inside(maps, region).mean()),
-                      "area_share": float(np.mean(region.sum(axis=(1, 2)) / np.maximum(brain.sum(axis=(1, 2)), 1)))}
+                      "area_share": float(share_of_brain(region, brain).mean())}
                for name, region in prior_regions([run.registrations[i] for i in idx[chosen]],
                                                  run.images.shape[1:3]).items()}
     value = MetricResult("prior_energy", energy_inside(maps, prior), True, [CITES["wang2020"]])
@@ -231,6 +235,6 @@ def prior_localization(run) -> dict | None:
                 for name, cmaps in control_maps(run, idx[chosen]).items()}
     return {"energy": value, "controls": controls, "selection": selection, "applicable": True,
             "indices": [int(i) for i in idx[chosen]],
-            "prior_area_share": float(np.mean(prior.sum(axis=(1, 2)) / np.maximum(brain.sum(axis=(1, 2)), 1))),
+            "prior_area_share": float(share_of_brain(prior, brain).mean()),
             "regions": regions,
             "comparisons": {"energy": compare(run, value, controls, idx[chosen], higher_is_better=True)}}
