@@ -54,6 +54,9 @@ class TrainConfig:
     augment_noise: float = 0.0           # Gaussian noise augmentation, fraction of the intensity range
     lr_schedule: str = "constant"        # "constant" (the reference method) | "cosine" (decay to 0 over the phase)
     dropout: float = 0.5                 # before the classification head (build_classifier)
+    average_last: int = 0                # >0: a phase's model is its last N epochs' weights averaged, not its best epoch
+    precise_bn: bool = True              # re-estimate trained BatchNormalization statistics on the clean
+                                         # training images at the end of each phase (model/precise_bn.py)
     strategy: str = "auto"               # "auto" | "one" | "mirrored" | "multiworker" (model/distribute.py)
     plan: list = field(default_factory=list)
     plan_reason: str = ""
@@ -268,7 +271,7 @@ def _train(config: TrainConfig, resume: bool, console, strategy, out_dir: Path, 
                 model = keras.models.load_model(run_dir / f"phase{phase}_model.keras", safe_mode=True)
             continue
         model = _run_phase(phase, config, run_dir, state, model, pretrained, train_ds, val_ds, weights,
-                           strategy, console)
+                           strategy, console, x_train)
     final = run_dir / "model.keras"
     _save_model(model, final)
     if not chief:
@@ -320,7 +323,8 @@ def _save_model(model, path: Path) -> None:
         model.save(tmp)
 
 
-def _run_phase(phase, config, run_dir, state, model, pretrained, train_ds, val_ds, weights, strategy, console):
+def _run_phase(phase, config, run_dir, state, model, pretrained, train_ds, val_ds, weights, strategy, console,
+               clean_images):
     import keras
 
     from model.network import build_classifier
@@ -353,7 +357,10 @@ def _run_phase(phase, config, run_dir, state, model, pretrained, train_ds, val_d
                 model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy",
                               metrics=["accuracy"])
     start = phase_state["epoch"] + 1
-    checkpoint = PhaseCheckpoint(run_dir, phase, state, patience=config.patience)
+    if config.average_last < 0:
+        raise ParameterError("average_last", f"{config.average_last} (use 0 for the best epoch, or a number of epochs)")
+    average_from = max(epochs - config.average_last, 0) if config.average_last else None
+    checkpoint = PhaseCheckpoint(run_dir, phase, state, patience=config.patience, average_from=average_from)
     progress = RichProgress(phase, epochs, start, console=console)
     callbacks = [keras.callbacks.CSVLogger(str(run_dir / f"phase{phase}_log.csv"), append=start > 0),
                  checkpoint, progress]
@@ -367,7 +374,16 @@ def _run_phase(phase, config, run_dir, state, model, pretrained, train_ds, val_d
         with distribute.keras_fit_fixes(model, strategy, train_ds.element_spec):
             model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=start, verbose=0,
                       shuffle=False, class_weight=weights, callbacks=callbacks)
-    checkpoint.restore_best(model)
+    chosen = checkpoint.restore_best(model)
+    if config.precise_bn:
+        from model.precise_bn import recalibrate_batchnorm
+
+        sync_batchnorm(model, False)   # one device's pass over the same images: identical on every replica
+        with strategy.scope():
+            layers = recalibrate_batchnorm(model, clean_images, batch_size=config.batch_size)
+        if layers:
+            chosen += f"; BatchNormalization statistics of {layers} layers re-estimated on the clean training images"
+    (console.print if console is not None else print)(f"phase {phase} model: {chosen}")
     _save_model(model, run_dir / f"phase{phase}_model.keras")
     state["completed"].append(phase)
     state["current"] = None

@@ -31,6 +31,9 @@ def register(top, data) -> None:
                         "device), one, mirrored (every local GPU), multiworker (hosts in TF_CONFIG; run the "
                         "same command on every host)")
     p.add_argument("--dropout", type=float, default=0.5, help="dropout rate before the classification head")
+    p.add_argument("--average-last", type=int, default=0, metavar="N",
+                   help="a phase's model is the average of its last N epochs' weights (0: its best epoch by "
+                        "val_loss); steadier than picking an epoch on a small validation split")
     p.add_argument("--epochs1", type=int, default=10, help="phase 1 epoch limit (frozen backbone)")
     p.add_argument("--epochs2", type=int, default=20, help="phase 2 epoch limit (fine-tuning)")
     p.add_argument("--lr1", type=float, default=1e-4)
@@ -42,6 +45,9 @@ def register(top, data) -> None:
     p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant",
                    help="constant learning rate per phase (the reference method) or cosine decay over the phase")
     p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--no-precise-bn", action="store_true",
+                   help="keep the BatchNormalization statistics training left (default: re-estimate them on the "
+                        "clean training images after each phase in which they trained)")
     p.add_argument("--augment-noise", type=float, default=0.0,
                    help="add Gaussian noise (fraction of the intensity range, e.g. 0.05) to the augmentation")
     p.add_argument("--ratios", default="0.7,0.15,0.15", help="train,val,test when the data has no split")
@@ -70,8 +76,8 @@ def run_train(args: argparse.Namespace) -> int:
     weights = None if args.weights in (None, "none") else args.weights
     input_size = args.input_size or (224 if args.backbone == "resnet50" else 128)
     lr2 = args.lr2 if args.lr2 is not None else (1e-5 if weights else 1e-3)
-    for name in ("batch_size", "epochs1", "epochs2", "patience"):
-        if getattr(args, name) < (1 if name != "patience" else 0) and not (name.startswith("epochs")
+    for name in ("batch_size", "epochs1", "epochs2", "patience", "average_last"):
+        if getattr(args, name) < (1 if name not in ("patience", "average_last") else 0) and not (name.startswith("epochs")
                                                                           and getattr(args, name) == 0):
             from model.errors import AlzAuditError
 
@@ -86,7 +92,8 @@ def run_train(args: argparse.Namespace) -> int:
                          class_weight=None if args.class_weight == "none" else args.class_weight,
                          phases=args.phases, augment=not args.no_augment, seed=args.seed, ratios=args.ratios,
                          group=args.group, lr_schedule=args.lr_schedule,
-                         augment_noise=args.augment_noise, dropout=args.dropout, strategy=args.strategy)
+                         augment_noise=args.augment_noise, dropout=args.dropout, strategy=args.strategy,
+                         average_last=args.average_last, precise_bn=not args.no_precise_bn)
     from audit.leakage import pseudo_subjects  # near-duplicate groups: the application binds them to training
 
     train(config, resume=args.resume, console=Console(),
