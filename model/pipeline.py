@@ -12,6 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
+from model.errors import ParameterError
 from model.fileio import read_grayscale
 from model.manifest import Manifest, Sample
 
@@ -64,22 +65,29 @@ def load_masks(samples: Sequence[Sample], size: tuple[int, int], column: str = "
     return out
 
 
-def augmenter(seed: int = 0, noise: float = 0.0):
+FLIPS = ("horizontal_and_vertical", "horizontal", "none")
+
+
+def augmenter(seed: int = 0, noise: float = 0.0, flip: str = "horizontal_and_vertical"):
     """The reference method's augmentation as Keras preprocessing layers (seeded).
 
     ``noise`` (a fraction of the [0, 255] range, off by default) adds Gaussian noise on top: not in the
     reference method, but it makes predictions robust to the noise the stability check applies.
+    ``flip``: the reference method flips both ways; "horizontal" keeps only the left-right mirror, the
+    one an axial slice can show (no scanner shows a brain upside down).
     """
     import keras
     from keras import layers
 
     import tensorflow as tf
 
-    geometry = keras.Sequential([
-        layers.RandomRotation(15.0 / 360.0, fill_mode="nearest", seed=seed),
-        layers.RandomTranslation(0.1, 0.1, fill_mode="nearest", seed=seed + 1),
-        layers.RandomFlip("horizontal_and_vertical", seed=seed + 2),
-    ], name="augmentation")
+    if flip not in FLIPS:
+        raise ParameterError("flip", f"'{flip}' (use {', '.join(FLIPS)})")
+    steps = [layers.RandomRotation(15.0 / 360.0, fill_mode="nearest", seed=seed),
+             layers.RandomTranslation(0.1, 0.1, fill_mode="nearest", seed=seed + 1)]
+    if flip != "none":
+        steps.append(layers.RandomFlip(flip, seed=seed + 2))
+    geometry = keras.Sequential(steps, name="augmentation")
     if noise <= 0:
         return geometry
 
@@ -92,7 +100,8 @@ def augmenter(seed: int = 0, noise: float = 0.0):
 
 def make_dataset(images: np.ndarray, labels: np.ndarray | None = None, *, batch_size: int = 32,
                  training: bool = False, augment: bool = True, seed: int = 0, input_scale: float = 255.0,
-                 channels: int = 1, noise: float = 0.0, rows: int | None = None):
+                 channels: int = 1, noise: float = 0.0, rows: int | None = None,
+                 flip: str = "horizontal_and_vertical"):
     """A batched, prefetched ``tf.data.Dataset`` of float32 ``(B, H, W, C)`` (and int labels).
 
     ``training`` shuffles (seeded, reshuffled each epoch) and, with ``augment``, applies the augmenter.
@@ -107,7 +116,7 @@ def make_dataset(images: np.ndarray, labels: np.ndarray | None = None, *, batch_
     if rows is not None and rows < len(images):
         ds = ds.take(rows)
     ds = ds.batch(batch_size)
-    aug = augmenter(seed, noise) if (training and augment) else None
+    aug = augmenter(seed, noise, flip) if (training and augment) else None
     scale = tf.constant(input_scale / 255.0, tf.float32)
 
     def to_float(x, *rest):

@@ -297,3 +297,18 @@ def test_a_path_on_another_drive_stays_absolute(tmp_path, monkeypatch):
     target = tmp_path / "a" / "x.png"
     assert manifest_module._relative(target, tmp_path / "b") == target.as_posix()
     assert manifest_module._relative(target, tmp_path) == "a/x.png"  # inside the folder: no relpath needed
+
+
+def test_flip_augmentation_only_mirrors_left_right_when_asked():
+    """The demo recipe's 'horizontal' keeps a slice's front at the front; the reference method flips both ways."""
+    from model.errors import ParameterError
+    from model.pipeline import augmenter
+
+    def flip_modes(flip: str) -> list[str]:
+        return [layer.mode for layer in augmenter(0, 0.0, flip).layers if type(layer).__name__ == "RandomFlip"]
+
+    assert flip_modes("horizontal") == ["horizontal"]
+    assert flip_modes("horizontal_and_vertical") == ["horizontal_and_vertical"]
+    assert flip_modes("none") == []
+    with pytest.raises(ParameterError, match="flip"):
+        augmenter(0, 0.0, "diagonal")
