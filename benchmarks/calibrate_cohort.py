@@ -17,13 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from model.recipe import DEMO_EPOCHS, DEMO_INPUT, DEMO_RATIOS, DEMO_SLICES, DEMO_SUBJECTS
+from model.recipe import DEMO_AVERAGE_LAST, DEMO_EPOCHS, DEMO_INPUT, DEMO_RATIOS, DEMO_SLICES, DEMO_SUBJECTS, \
+    demo_train_config
 from model.evaluate_run import evaluate_model
 from model.fileio import atomic_write_json
 from model.manifest import load_dataset, write_manifest
 from model.splits import split_manifest
 from model.synth import synthesize_cohort
-from model.train import TrainConfig, train
+from model.train import train
 
 
 def neighbour_error_share(confusion: list[list[int]]) -> float | None:
@@ -49,9 +50,8 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict:
         write_manifest(split, split_csv)
     model = out / "run" / "model.keras"
     if not model.is_file():
-        train(TrainConfig(data=str(split_csv), out=str(out / "run"), backbone="small", weights=None,
-                          input_size=args.input_size, epochs_phase2=args.epochs, lr_phase2=1e-3, patience=args.epochs,
-                          lr_schedule="cosine", augment_noise=0.05, seed=seed))
+        train(demo_train_config(split_csv, out / "run", seed=seed, epochs=args.epochs, input_size=args.input_size,
+                                average_last=args.average_last))
     metrics = evaluate_model(model, split_csv, n_resamples=1000, seed=seed)
     return {"seed": seed, "balanced_accuracy": round(metrics["balanced_accuracy"], 3),
             "ci": [round(v, 3) for v in metrics["ci"]["balanced_accuracy"]],
@@ -65,6 +65,8 @@ def main() -> None:
     parser.add_argument("--subjects", type=int, default=DEMO_SUBJECTS)
     parser.add_argument("--slices", type=int, default=DEMO_SLICES)
     parser.add_argument("--epochs", type=int, default=DEMO_EPOCHS)
+    parser.add_argument("--average-last", type=int, default=DEMO_AVERAGE_LAST,
+                        help="epochs whose weights are averaged into the model (0: best epoch by val_loss)")
     parser.add_argument("--input-size", type=int, default=DEMO_INPUT)
     parser.add_argument("--severity-scale", type=float, default=1.0)
     parser.add_argument("--ratios", type=float, nargs=3, default=list(DEMO_RATIOS), help="train, val, test")
