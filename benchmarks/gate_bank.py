@@ -73,6 +73,20 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
+# benchmarks/calibrate_cohort.py trains exactly the bank's good demo models (same cohort, split and recipe):
+# with --calibration DIR the bank gates those (DIR/seed<s>/data, DIR/seed<s>/run) instead of training again.
+CALIBRATION: Path | None = None
+
+
+def calibrated(key: str) -> Path | None:
+    """The calibration run's folder for a demo cohort key ("demo_s3"), when it has a finished model."""
+    if CALIBRATION is None or not key.startswith("demo_s"):
+        return None
+    folder = CALIBRATION / f"seed{key.removeprefix('demo_s')}"
+    done = (folder / "data" / "split_manifest.csv").is_file() and (folder / "run" / "model.keras").is_file()
+    return folder if done else None
+
+
 def cohort(work: Path, key: str) -> Path:
     """The cohort's subject-level split manifest (synthesised and split once)."""
     from model.manifest import load_dataset, write_manifest
@@ -80,12 +94,16 @@ def cohort(work: Path, key: str) -> Path:
     from model.splits import split_manifest
     from model.synth import synthesize_cohort
 
+    if calibrated(key):
+        return calibrated(key) / "data" / "split_manifest.csv"
     folder = work / "cohorts" / key
     split_csv = folder / "split_manifest.csv"
     if not split_csv.is_file():
         options = dict(COHORTS[key])
         started = time.time()
-        synthesize_cohort(folder, subjects=DEMO_SUBJECTS, slices_per_subject=DEMO_SLICES, progress=False, **options)
+        if not (folder / "manifest.csv").is_file():
+            synthesize_cohort(folder, subjects=DEMO_SUBJECTS, slices_per_subject=DEMO_SLICES, progress=False,
+                              **options)
         split, _ = split_manifest(load_dataset(folder / "manifest.csv"), DEMO_RATIOS, seed=options["seed"])
         write_manifest(split, split_csv)
         say(f"  cohort {key}: {time.time() - started:.0f} s")
@@ -124,6 +142,8 @@ def build(work: Path, entry: BankModel) -> tuple[Path, Path]:
     split_csv = cohort(work, entry.cohort)
     if entry.reuse:
         return build(work, next(b for b in BANK if b.name == entry.reuse))[0], split_csv
+    if entry.train == {} and calibrated(entry.cohort):
+        return calibrated(entry.cohort) / "run" / "model.keras", split_csv
     folder = work / "models" / entry.name
     model = folder / ("model.keras" if entry.train is not None else f"{entry.probe}.keras")
     if model.is_file():
@@ -178,9 +198,19 @@ def main() -> int:
     parser.add_argument("--json", default="docs/gate_characteristic.json")
     parser.add_argument("--md", default="docs/gate_characteristic.md")
     parser.add_argument("--no-run", action="store_true", help="only compute the characteristic from cached audits")
+    parser.add_argument("--calibration", help="a benchmarks/calibrate_cohort.py --out folder whose demo-recipe "
+                                              "models (seed<s>/run) the bank gates instead of training them again")
     args = parser.parse_args()
+    global CALIBRATION
+    CALIBRATION = Path(args.calibration) if args.calibration else None
 
-    from suites.characteristic import characteristic, to_markdown
+    import os
+
+    from suites.characteristic import RECORD_ENV, characteristic, to_markdown
+
+    # The bank's own gates judge without a record: the one being built must not change verdicts half-way;
+    # the characteristic then judges every run with the finished record and the committed thresholds.
+    os.environ[RECORD_ENV] = "none"
     from model.fileio import atomic_write_json, atomic_write_text
 
     work = Path(args.work)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -58,27 +59,63 @@ def judged_figure(check: dict) -> float | None:
     return -float(value) if check.get("direction") == "max" else float(value)
 
 
-def characteristic(bank, documents: dict[str, dict[str, dict]], *, wall_seconds: int | None = None) -> dict:
-    """The record: every model with its verdict and check statuses per condition, and the per-check table.
+def characteristic(bank, documents: dict[str, dict[str, dict]], *, wall_seconds: int | None = None,
+                   thresholds=None) -> dict:
+    """The record: every model with its verdict and check statuses per condition, the per-check table, and
+    where the bank puts each explanation threshold (``bank_thresholds``).
 
     ``bank``: entries with ``name``, ``kind`` ("good" | "bad") and ``failure``; ``documents``:
-    ``{name: {condition: audit.json document}}``."""
+    ``{name: {condition: audit.json document}}``. Statuses and verdicts are those the committed gate gives:
+    ``thresholds`` (default: the shipped file) and this record's own AUROCs applied to the recorded figures
+    (``rejudge``); each model also keeps the verdict its run printed (``verdict_as_run``)."""
+    if thresholds is None:
+        from suites.thresholds import load_thresholds
+
+        thresholds = load_thresholds()
+    as_run = _models(bank, documents, None)
+    first = _record(as_run, wall_seconds)   # AUROCs come from figures alone: the same in both passes
+    models = _models(bank, documents, lambda doc, cond: rejudge(doc["checks"], thresholds, first, cond))
+    record = _record(models, wall_seconds)
+    for model, ran in zip(record["models"], as_run):
+        for cond, run in ran["conditions"].items():
+            model["conditions"][cond]["verdict_as_run"] = run["verdict"]
+    severities = {c["id"]: c["severity"] for conditions in documents.values() for doc in conditions.values()
+                  for c in doc["checks"] if thresholds.rule(c["id"]) is not None}
+    severities.update({cid: rule.severity for cid, rule in thresholds.rules.items()})
+    record["thresholds"] = bank_thresholds(record, severities)
+    for cid, row in record["thresholds"].items():
+        rule = thresholds.rule(cid)
+        sign = -1.0 if rule is not None and rule.direction == "max" else 1.0   # max rules judge -value
+        row["in_file"] = None if rule is None else rule.threshold
+        row["derived_in_file_terms"] = None if row["derived"] is None else round(sign * row["derived"], 3)
+    record["thresholds_file_sha256"] = _sha256(thresholds.path)
+    return record
+
+
+def _models(bank, documents, judge) -> list[dict]:
     models = []
     for entry in bank:
         conditions = documents.get(entry.name) or {}
         if not conditions:
             continue
-        first = next(iter(conditions.values()))
-        performance = [c for c in first["checks"] if c["group"] == "performance" and c["severity"] == "fail"]
+        judged = {cond: judge(doc, cond) if judge else (doc["verdict"], {c["id"]: c["status"] for c in doc["checks"]})
+                  for cond, doc in conditions.items()}
+        first_cond = next(iter(conditions))
+        statuses = judged[first_cond][1]
+        performance = [c["id"] for c in conditions[first_cond]["checks"]
+                       if c["group"] == "performance" and c["severity"] == "fail"]
         models.append({
             "name": entry.name, "kind": entry.kind, "failure": entry.failure or None,
-            "accurate": bool(performance) and all(c["status"] == "PASS" for c in performance),
-            "balanced_accuracy": next((c["value"] for c in first["checks"]
+            "accurate": bool(performance) and all(statuses[cid] == "PASS" for cid in performance),
+            "balanced_accuracy": next((c["value"] for c in conditions[first_cond]["checks"]
                                        if c["id"] == "performance.balanced_accuracy"), None),
-            "conditions": {cond: {"verdict": doc["verdict"],
-                                  "checks": {c["id"]: c["status"] for c in doc["checks"]},
+            "conditions": {cond: {"verdict": judged[cond][0], "checks": judged[cond][1],
                                   "judged": {c["id"]: judged_figure(c) for c in doc["checks"]}}
                            for cond, doc in conditions.items()}})
+    return models
+
+
+def _record(models: list[dict], wall_seconds) -> dict:
     table = {cond: _table(models, cond) for cond in CONDITIONS}
     return {"schema_version": SCHEMA_VERSION, "wall_seconds": wall_seconds,
             "n_good": sum(m["kind"] == "good" for m in models), "n_bad": sum(m["kind"] == "bad" for m in models),
@@ -86,6 +123,49 @@ def characteristic(bank, documents: dict[str, dict[str, dict]], *, wall_seconds:
                                             for c, d in m["conditions"].items()}} for m in models],
             "judged": {m["name"]: {c: d["judged"] for c, d in m["conditions"].items()} for m in models},
             "checks": table}
+
+
+def _sha256(path) -> str | None:
+    import hashlib
+
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+BANK_SET = ("explanations.", "stability.")   # the checks whose thresholds the bank sets (performance and data
+                                            # thresholds are the user's requirements, not a discrimination)
+
+
+def bank_thresholds(record: dict, severities: dict[str, str] | None = None) -> dict[str, dict]:
+    """Where the reference bank puts each explanation/stability threshold: the rule of docs/thresholds.md.
+
+    The judged figures (skill CI lower bound, or the value; oriented so higher is better) of every model in
+    both mask conditions are pooled. When every good model's figure is above every bad model's, the banks
+    are separated and the threshold is the midpoint of the gap between the worst good and the best bad
+    figure; otherwise there is no gap to put it in, and the threshold stays at its control-derived value
+    (the pooled AUROC then decides whether the check may fail a model). ``severities``: check id ->
+    "fail" | "warn"; warn-only checks are listed but not set."""
+    kinds = {m["name"]: m["kind"] for m in record.get("models", [])}
+    pooled: dict[str, dict[str, list[float]]] = {}
+    for name, conditions in (record.get("judged") or {}).items():
+        for figures in conditions.values():
+            for cid, value in figures.items():
+                if cid.startswith(BANK_SET) and _finite(value) and kinds.get(name) in ("good", "bad"):
+                    pooled.setdefault(cid, {"good": [], "bad": []})[kinds[name]].append(float(value))
+    out = {}
+    for cid, banks in sorted(pooled.items()):
+        good, bad = banks["good"], banks["bad"]
+        if not good or not bad:
+            continue
+        worst_good, best_bad = min(good), max(bad)
+        gap = worst_good > best_bad
+        gating = (severities or {}).get(cid, "fail") == "fail"
+        out[cid] = {"auroc": auroc(good, bad), "worst_good": round(worst_good, 4), "best_bad": round(best_bad, 4),
+                    "n_good": len(good), "n_bad": len(bad), "separated": gap, "gating": gating,
+                    "derived": round((worst_good + best_bad) / 2, 3) if gap and gating else None}
+    return out
 
 
 def _table(models: list[dict], condition: str) -> dict[str, Any]:
@@ -122,11 +202,23 @@ def to_markdown(record: dict) -> str:
     lines += ["| model | kind | accurate | balanced accuracy | " + " | ".join(f"verdict {c}" for c in CONDITIONS) + " |",
               "| --- | --- | --- | --- | " + " | ".join("---" for _ in CONDITIONS) + " |"]
     for m in record["models"]:
-        verdicts = [(m["conditions"].get(c) or {}).get("verdict", "not run") for c in CONDITIONS]
+        verdicts = [_verdict_text(m["conditions"].get(c)) for c in CONDITIONS]
         bac = m.get("balanced_accuracy")
         bac_text = "n/a" if bac is None else f"{bac:.3f}"
         lines.append(f"| {m['name']} | {m['kind']} | {'yes' if m['accurate'] else 'no'} | {bac_text} | "
                      + " | ".join(verdicts) + " |")
+    lines += ["", "## Where the bank puts the thresholds", "",
+              "Judged figures of both conditions pooled (oriented: higher is better). Where every good model is "
+              "above every bad one, the threshold is the midpoint of the gap; elsewhere it keeps its "
+              "control-derived value (docs/thresholds.md).", "",
+              "| check | AUROC | worst good | best bad | separated | from the bank | in thresholds.toml |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+    for cid, row in (record.get("thresholds") or {}).items():
+        area = "—" if row.get("auroc") is None else f"{row['auroc']:.2f}"
+        derived = "—" if row.get("derived_in_file_terms") is None else f"{row['derived_in_file_terms']:g}"
+        kept = "—" if row.get("in_file") is None else f"{row['in_file']:g}"
+        lines.append(f"| {cid}{'' if row.get('gating') else ' (warn)'} | {area} | {row['worst_good']:+.3f} | "
+                     f"{row['best_bad']:+.3f} | {'yes' if row['separated'] else 'no'} | {derived} | {kept} |")
     for condition in CONDITIONS:
         lines += ["", f"## {condition.replace('_', ' ')}", "",
                   "| check | good passed | pass rate 95% CI | bad rejected | fail rate 95% CI | AUROC |",
@@ -140,6 +232,13 @@ def to_markdown(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _verdict_text(run: dict | None) -> str:
+    if not run:
+        return "not run"
+    ran = run.get("verdict_as_run")
+    return run["verdict"] + (f" (ran: {ran})" if ran and ran != run["verdict"] else "")
+
+
 def _ci(ci) -> str:
     return "—" if ci[0] is None else f"{ci[0]:.2f}–{ci[1]:.2f}"
 
@@ -148,12 +247,51 @@ def _finite(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def load_record(path: Path = RECORD) -> dict | None:
-    """The committed record (a source checkout or editable install has it), or None."""
+RECORD_ENV = "ALZAUDIT_BANK_RECORD"
+
+
+def load_record(path: Path | None = None) -> dict | None:
+    """The committed record (a source checkout or editable install has it), or None.
+
+    ``$ALZAUDIT_BANK_RECORD`` names another record, or ``none`` for none: the bank's own runs are gated
+    without one, so the record they build cannot change their verdicts half-way (``rejudge`` applies it)."""
+    if path is None:
+        chosen = os.environ.get(RECORD_ENV, "")
+        if chosen.lower() == "none":
+            return None
+        path = Path(chosen) if chosen else RECORD
     try:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
+
+
+def rejudge(checks: list[dict], thresholds, record: dict | None, condition: str) -> tuple[str, dict[str, str]]:
+    """(verdict, {check id: status}) that ``thresholds`` and the bank ``record`` give these recorded checks.
+
+    A check's figure does not depend on its threshold, so a bank gated once can be judged again when the
+    thresholds move or the record demotes a check, without recomputing anything. Kept as recorded: checks
+    that did not run, could not apply or errored, paired deltas, and a check recorded warn-only while its
+    rule fails (the gate made it warn-only on this data, e.g. prior_localization beside lesion masks)."""
+    statuses: dict[str, str] = {}
+    for check in checks:
+        cid, status = check["id"], check["status"]
+        rule = thresholds.rule(cid)
+        if check.get("basis") == "skill":
+            figure = ((check.get("comparison") or {}).get("skill_ci") or [None])[0]
+        else:
+            figure = check.get("value")
+        if status not in ("PASS", "WARN", "FAIL") or rule is None or check.get("basis") == "delta" \
+                or not _finite(figure):
+            statuses[cid] = status
+            continue
+        evidence = bank_evidence(record, cid, condition)
+        warn_only = rule.severity == "warn" or check.get("severity") == "warn" or bool(evidence and evidence["demoted"])
+        statuses[cid] = "PASS" if rule.passes(float(figure)) else ("WARN" if warn_only else "FAIL")
+    found = set(statuses.values())
+    bad = {"FAIL", "ERROR"} | ({"WARN"} if thresholds.fail_on_warn else set())
+    verdict = "FAIL" if found & bad else ("INCOMPLETE" if "NOT_RUN" in found or not found else "PASS")
+    return verdict, statuses
 
 
 def bank_evidence(record: dict | None, check_id: str, condition: str) -> dict | None:

@@ -8,7 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from suites.characteristic import auroc, characteristic, clopper_pearson, judged_figure, to_markdown
+from suites.characteristic import (auroc, bank_thresholds, characteristic, clopper_pearson, judged_figure, rejudge,
+                                   to_markdown)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -88,3 +89,89 @@ def test_the_committed_record_has_the_documented_shape():
     path = ROOT / "docs" / "gate_characteristic.json"
     assert path.is_file(), "docs/gate_characteristic.json is missing: run benchmarks/gate_bank.py"
     validate_record(json.loads(path.read_text()))
+
+
+def _thresholds(text: str):
+    import tomllib
+
+    from suites.thresholds import Thresholds
+
+    return Thresholds("inline.toml", tomllib.loads(text))
+
+
+def _check(cid: str, status: str, value: float, *, severity: str = "fail", direction: str = "min",
+           basis: str = "value", skill_ci=None) -> dict:
+    check = {"id": cid, "group": cid.split(".")[0], "status": status, "value": value, "severity": severity,
+             "direction": direction, "basis": basis}
+    if skill_ci is not None:
+        check["comparison"] = {"skill_ci": skill_ci}
+    return check
+
+
+def test_rejudge_applies_moved_thresholds_and_a_demotion_to_recorded_figures():
+    checks = [_check("explanations.prior_localization", "PASS", 0.10, basis="skill", skill_ci=[0.02, 0.2]),
+              _check("explanations.outside_brain_mass", "PASS", 0.20, direction="max"),
+              _check("performance.balanced_accuracy", "PASS", 0.85),
+              _check("data.leakage_rate", "NOT_APPLICABLE", None, direction="max")]
+    same = _thresholds("[explanations]\nprior_localization = { skill_min = 0.0 }\noutside_brain_mass = { max = 0.25 }\n"
+                       "[performance]\nbalanced_accuracy = { min = 0.80 }\n")
+    assert rejudge(checks, same, None, "without_masks")[0] == "PASS"
+    moved = _thresholds("[explanations]\nprior_localization = { skill_min = 0.03 }\noutside_brain_mass = { max = 0.15 }\n"
+                        "[performance]\nbalanced_accuracy = { min = 0.80 }\n")
+    verdict, statuses = rejudge(checks, moved, None, "without_masks")
+    assert verdict == "FAIL"
+    assert statuses == {"explanations.prior_localization": "FAIL", "explanations.outside_brain_mass": "FAIL",
+                        "performance.balanced_accuracy": "PASS", "data.leakage_rate": "NOT_APPLICABLE"}
+    # A big enough bank in which outside_brain_mass separates poorly demotes it: it can only warn.
+    row = {"good_passed": 6, "good_n": 6, "bad_rejected": 1, "bad_n": 7}
+    record = {"n_good": 6, "n_bad": 7, "checks": {"without_masks": {
+        "explanations.outside_brain_mass": {**row, "auroc": 0.6},
+        "explanations.prior_localization": {**row, "auroc": 1.0}}}}
+    verdict, statuses = rejudge(checks, moved, record, "without_masks")
+    assert statuses["explanations.outside_brain_mass"] == "WARN"
+    assert statuses["explanations.prior_localization"] == "FAIL" and verdict == "FAIL"
+    # Recorded warn-only on this data (the gate said so) stays warn-only under a fail rule.
+    warned = [_check("explanations.prior_localization", "WARN", 0.1, severity="warn", basis="skill",
+                     skill_ci=[0.0, 0.2])]
+    assert rejudge(warned, moved, None, "with_masks") == ("PASS", {"explanations.prior_localization": "WARN"})
+
+
+def test_the_bank_sets_a_threshold_only_in_a_gap_between_the_banks():
+    record = {"models": [{"name": "g1", "kind": "good"}, {"name": "g2", "kind": "good"},
+                         {"name": "b1", "kind": "bad"}, {"name": "b2", "kind": "bad"}],
+              "judged": {"g1": {"with_masks": {"explanations.a": 0.10, "explanations.b": 0.3},
+                                "without_masks": {"explanations.a": 0.08}},
+                         "g2": {"with_masks": {"explanations.a": 0.12, "explanations.b": 0.1}},
+                         "b1": {"with_masks": {"explanations.a": -0.02, "explanations.b": 0.2}},
+                         "b2": {"without_masks": {"explanations.a": 0.0, "performance.x": 0.9}}}}
+    rows = bank_thresholds(record, {"explanations.a": "fail", "explanations.b": "fail"})
+    assert rows["explanations.a"]["separated"] and rows["explanations.a"]["derived"] == 0.04   # (0.08 + 0.0) / 2
+    assert not rows["explanations.b"]["separated"] and rows["explanations.b"]["derived"] is None
+    assert "performance.x" not in rows   # performance bars are requirements, not set by the bank
+    assert bank_thresholds(record, {"explanations.a": "warn"})["explanations.a"]["derived"] is None
+
+
+def test_the_gate_can_be_told_to_judge_without_a_record(monkeypatch, tmp_path):
+    from suites.characteristic import RECORD_ENV, load_record
+
+    monkeypatch.setenv(RECORD_ENV, "none")
+    assert load_record() is None
+    other = tmp_path / "record.json"
+    other.write_text(json.dumps({"n_good": 1}))
+    monkeypatch.setenv(RECORD_ENV, str(other))
+    assert load_record() == {"n_good": 1}
+    monkeypatch.delenv(RECORD_ENV)
+    assert load_record() is not None   # the committed one
+
+
+def test_the_committed_thresholds_are_where_the_committed_bank_puts_them():
+    """Every gating explanation/stability threshold the bank derives (a gap between the banks) is the one
+    suites/thresholds.toml holds, and the record was judged with the file as committed."""
+    from suites.characteristic import load_record
+    from suites.thresholds import load_thresholds
+
+    record = load_record(ROOT / "docs" / "gate_characteristic.json")
+    thresholds = load_thresholds()
+    for cid, row in record["thresholds"].items():
+        if row["derived_in_file_terms"] is not None:
+            assert thresholds.rule(cid).threshold == pytest.approx(row["derived_in_file_terms"], abs=5e-4), cid
