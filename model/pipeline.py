@@ -68,13 +68,17 @@ def load_masks(samples: Sequence[Sample], size: tuple[int, int], column: str = "
 FLIPS = ("horizontal_and_vertical", "horizontal", "none")
 
 
-def augmenter(seed: int = 0, noise: float = 0.0, flip: str = "horizontal_and_vertical"):
+def augmenter(seed: int = 0, noise: float = 0.0, flip: str = "horizontal_and_vertical", intensity: bool = False):
     """The reference method's augmentation as Keras preprocessing layers (seeded).
 
     ``noise`` (a fraction of the [0, 255] range, off by default) adds Gaussian noise on top: not in the
     reference method, but it makes predictions robust to the noise the stability check applies.
     ``flip``: the reference method flips both ways; "horizontal" keeps only the left-right mirror, the
     one an axial slice can show (no scanner shows a brain upside down).
+    ``intensity``: scanner augmentation, per image: a gamma curve (log-gamma in [-0.3, 0.3], TorchIO's
+    RandomGamma default), a gain (log-gain in [-0.2, 0.2]) and a smooth bias field (a 4 x 4 log-gain grid,
+    SD 0.1, interpolated): every scan differs in these, so a model trained on few subjects otherwise reads
+    the scanner along with the anatomy. All three are multiplicative: the background stays black.
     """
     import keras
     from keras import layers
@@ -88,20 +92,33 @@ def augmenter(seed: int = 0, noise: float = 0.0, flip: str = "horizontal_and_ver
     if flip != "none":
         steps.append(layers.RandomFlip(flip, seed=seed + 2))
     geometry = keras.Sequential(steps, name="augmentation")
-    if noise <= 0:
+    if noise <= 0 and not intensity:
         return geometry
 
-    def with_noise(x, training=True):
-        x = geometry(x, training=training)
-        return x + tf.random.normal(tf.shape(x), stddev=noise * 255.0, seed=seed + 3)
+    def scanner(x):
+        batch = tf.shape(x)[0]
+        log_gamma = tf.random.uniform([batch, 1, 1, 1], -0.3, 0.3, seed=seed + 4)
+        log_gain = tf.random.uniform([batch, 1, 1, 1], -0.2, 0.2, seed=seed + 5)
+        field = tf.image.resize(tf.random.normal([batch, 4, 4, 1], stddev=0.1, seed=seed + 6), tf.shape(x)[1:3],
+                                method="bilinear")
+        unit = tf.clip_by_value(x / 255.0, 0.0, 1.0)
+        return 255.0 * tf.pow(unit, tf.exp(log_gamma)) * tf.exp(log_gain + field)
 
-    return with_noise
+    def augment(x, training=True):
+        x = geometry(x, training=training)
+        if intensity:
+            x = scanner(x)
+        if noise > 0:
+            x = x + tf.random.normal(tf.shape(x), stddev=noise * 255.0, seed=seed + 3)
+        return x
+
+    return augment
 
 
 def make_dataset(images: np.ndarray, labels: np.ndarray | None = None, *, batch_size: int = 32,
                  training: bool = False, augment: bool = True, seed: int = 0, input_scale: float = 255.0,
                  channels: int = 1, noise: float = 0.0, rows: int | None = None,
-                 flip: str = "horizontal_and_vertical"):
+                 flip: str = "horizontal_and_vertical", intensity: bool = False):
     """A batched, prefetched ``tf.data.Dataset`` of float32 ``(B, H, W, C)`` (and int labels).
 
     ``training`` shuffles (seeded, reshuffled each epoch) and, with ``augment``, applies the augmenter.
@@ -116,7 +133,7 @@ def make_dataset(images: np.ndarray, labels: np.ndarray | None = None, *, batch_
     if rows is not None and rows < len(images):
         ds = ds.take(rows)
     ds = ds.batch(batch_size)
-    aug = augmenter(seed, noise, flip) if (training and augment) else None
+    aug = augmenter(seed, noise, flip, intensity) if (training and augment) else None
     scale = tf.constant(input_scale / 255.0, tf.float32)
 
     def to_float(x, *rest):

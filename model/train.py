@@ -53,6 +53,7 @@ class TrainConfig:
     group: str = "subject"
     augment_noise: float = 0.0           # Gaussian noise augmentation, fraction of the intensity range
     flip: str = "horizontal_and_vertical"  # augmentation flips (the reference method's); "horizontal" | "none"
+    augment_intensity: bool = False      # scanner augmentation: gamma, gain, bias field (model/pipeline.augmenter)
     lr_schedule: str = "constant"        # "constant" (the reference method) | "cosine" (decay to 0 over the phase)
     dropout: float = 0.5                 # before the classification head (build_classifier)
     average_last: int = 0                # >0: a phase's model is its last N epochs' weights averaged, not its best epoch
@@ -297,7 +298,7 @@ def _dataset(images, labels, config: TrainConfig, global_batch: int, strategy, s
             "a replica empty")
     ds = make_dataset(images, labels, batch_size=global_batch, training=training, rows=rows,
                       augment=config.augment and training, seed=config.seed, noise=config.augment_noise,
-                      flip=config.flip)
+                      flip=config.flip, intensity=config.augment_intensity)
     if distribute.kind(strategy) == "multiworker":
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA

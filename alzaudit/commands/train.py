@@ -48,6 +48,8 @@ def register(top, data) -> None:
     p.add_argument("--flip", choices=("horizontal_and_vertical", "horizontal", "none"),
                    default="horizontal_and_vertical",
                    help="augmentation flips: both ways as the reference method, or only left-right")
+    p.add_argument("--augment-intensity", action="store_true",
+                   help="scanner augmentation: a random gamma, gain and smooth bias field per image")
     p.add_argument("--no-precise-bn", action="store_true",
                    help="keep the BatchNormalization statistics training left (default: re-estimate them on the "
                         "clean training images after each phase in which they trained)")
@@ -96,7 +98,8 @@ def run_train(args: argparse.Namespace) -> int:
                          phases=args.phases, augment=not args.no_augment, seed=args.seed, ratios=args.ratios,
                          group=args.group, lr_schedule=args.lr_schedule,
                          augment_noise=args.augment_noise, dropout=args.dropout, strategy=args.strategy,
-                         average_last=args.average_last, precise_bn=not args.no_precise_bn, flip=args.flip)
+                         average_last=args.average_last, precise_bn=not args.no_precise_bn, flip=args.flip,
+                         augment_intensity=args.augment_intensity)
     from audit.leakage import pseudo_subjects  # near-duplicate groups: the application binds them to training
 
     train(config, resume=args.resume, console=Console(),

@@ -312,3 +312,18 @@ def test_flip_augmentation_only_mirrors_left_right_when_asked():
     assert flip_modes("none") == []
     with pytest.raises(ParameterError, match="flip"):
         augmenter(0, 0.0, "diagonal")
+
+
+def test_scanner_augmentation_changes_the_brain_and_keeps_the_background_black():
+    import tensorflow as tf
+
+    from model.pipeline import augmenter
+
+    image = np.zeros((4, 32, 32, 1), np.float32)
+    image[:, 8:24, 8:24] = 120.0
+    out = np.asarray(augmenter(0, 0.0, "none", intensity=True)(tf.constant(image), training=True))
+    assert np.all(out[:, :4, :4] == 0.0)                                  # background stays black
+    brain = out[:, 12:20, 12:20]
+    assert not np.allclose(brain, 120.0, atol=1.0)                        # the scan changed ...
+    assert np.all((brain > 40.0) & (brain < 255.0))                       # ... within a scanner's range
+    assert len({round(float(b.mean()), 1) for b in brain}) > 1            # differently for each image
