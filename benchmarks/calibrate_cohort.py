@@ -7,7 +7,9 @@ exactly that, with the demo's own cohort size, split ratios and training budget,
     .venv/bin/python benchmarks/calibrate_cohort.py [--seeds 0 1 2 3 4] [--severity-scale 1.0] [--out out/calib]
 
 It prints, per seed, test balanced accuracy with its subject-bootstrap 95% CI, the share of errors that
-fall between neighbouring stages, and the confusion matrix, and writes calibration.json.
+fall between neighbouring stages, the confusion matrix, what a reader of each subject's planted severity
+would score, and the test subjects the model read as another stage (with their severity), and writes
+calibration.json.
 """
 from __future__ import annotations
 
@@ -37,6 +39,39 @@ def neighbour_error_share(confusion: list[list[int]]) -> float | None:
     return float(near / off)
 
 
+def severity_oracle(split_csv: Path) -> float:
+    """Test balanced accuracy of a reader of each subject's planted severity, cut midway between the stage
+    means: what the cohort allows when the anatomy and the scanner hide nothing (an upper bound)."""
+    import csv
+
+    from model.classes import CLASSES
+    from model.synth import STAGE_SEVERITY
+
+    means = [STAGE_SEVERITY[c][0] for c in CLASSES]
+    cuts = [(a + b) / 2 for a, b in zip(means, means[1:])]
+    rows = [r for r in csv.DictReader(Path(split_csv).open()) if r["split"] == "test"]
+    truth = np.array([CLASSES.index(r["label"]) for r in rows])
+    read = np.searchsorted(cuts, [float(r["severity"]) for r in rows])
+    return float(np.mean([np.mean(read[truth == k] == k) for k in np.unique(truth)]))
+
+
+def misread_subjects(predictions_csv: Path, split_csv: Path) -> list[dict]:
+    """Test subjects whose slices the model mostly put in another stage, with their planted severity."""
+    import csv
+    from collections import Counter
+
+    severity = {r["subject_id"]: float(r["severity"]) for r in csv.DictReader(Path(split_csv).open())}
+    votes: dict[tuple[str, str], Counter] = {}
+    for r in csv.DictReader(Path(predictions_csv).open()):
+        votes.setdefault((r["subject_id"], r["true"]), Counter())[r["predicted"]] += 1
+    out = []
+    for (subject, true), counted in sorted(votes.items()):
+        predicted = counted.most_common(1)[0][0]
+        if predicted != true:
+            out.append({"subject": subject, "stage": true, "severity": severity.get(subject), "read_as": predicted})
+    return out
+
+
 def run_seed(seed: int, args: argparse.Namespace) -> dict:
     out = Path(args.out) / f"seed{seed}"
     data = out / "data"
@@ -52,8 +87,10 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict:
     if not model.is_file():
         train(demo_train_config(split_csv, out / "run", seed=seed, epochs=args.epochs, input_size=args.input_size,
                                 average_last=args.average_last))
-    metrics = evaluate_model(model, split_csv, n_resamples=1000, seed=seed)
+    metrics = evaluate_model(model, split_csv, n_resamples=1000, seed=seed, out_dir=out / "run" / "eval_test")
     return {"seed": seed, "balanced_accuracy": round(metrics["balanced_accuracy"], 3),
+            "severity_oracle": round(severity_oracle(split_csv), 3),
+            "misread_subjects": misread_subjects(out / "run" / "eval_test" / "predictions.csv", split_csv),
             "ci": [round(v, 3) for v in metrics["ci"]["balanced_accuracy"]],
             "accuracy": round(metrics["accuracy"], 3), "neighbour_error_share": neighbour_error_share(metrics["confusion"]),
             "confusion": metrics["confusion"], "test_images": metrics["n_images"], "seconds": round(time.time() - started)}
@@ -81,6 +118,9 @@ def main() -> None:
               f"  accuracy {row['accuracy']:.3f}  neighbour-stage share of errors {share}  ({row['seconds']} s)",
               flush=True)
         print("  confusion (rows true, cols predicted):", row["confusion"], flush=True)
+        print(f"  a reader of the planted severity: {row['severity_oracle']:.3f}; subjects read as another stage: "
+              + ", ".join(f"{m['stage']} {m['severity']:.3f} -> {m['read_as']}" for m in row["misread_subjects"]),
+              flush=True)
     scores = [r["balanced_accuracy"] for r in rows]
     print(f"mean balanced accuracy {np.mean(scores):.3f} (min {min(scores):.3f}, max {max(scores):.3f})")
     path = Path(args.out) / "calibration.json"
