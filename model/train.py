@@ -57,8 +57,8 @@ class TrainConfig:
     lr_schedule: str = "constant"        # "constant" (the reference method) | "cosine" (decay to 0 over the phase)
     dropout: float = 0.5                 # before the classification head (build_classifier)
     average_last: int = 0                # >0: a phase's model is its last N epochs' weights averaged, not its best epoch
-    precise_bn: bool = True              # re-estimate trained BatchNormalization statistics on the clean
-                                         # training images at the end of each phase (model/precise_bn.py)
+    precise_bn: bool = True              # re-estimate trained BatchNormalization statistics over one pass
+                                         # of the training pipeline at the end of each phase (model/precise_bn.py)
     strategy: str = "auto"               # "auto" | "one" | "mirrored" | "multiworker" (model/distribute.py)
     plan: list = field(default_factory=list)
     plan_reason: str = ""
@@ -273,7 +273,7 @@ def _train(config: TrainConfig, resume: bool, console, strategy, out_dir: Path, 
                 model = keras.models.load_model(run_dir / f"phase{phase}_model.keras", safe_mode=True)
             continue
         model = _run_phase(phase, config, run_dir, state, model, pretrained, train_ds, val_ds, weights,
-                           strategy, console, x_train)
+                           strategy, console, x_train, y_train)
     final = run_dir / "model.keras"
     _save_model(model, final)
     if not chief:
@@ -327,7 +327,7 @@ def _save_model(model, path: Path) -> None:
 
 
 def _run_phase(phase, config, run_dir, state, model, pretrained, train_ds, val_ds, weights, strategy, console,
-               clean_images):
+               train_images, train_labels):
     import keras
 
     from model.network import build_classifier
@@ -379,13 +379,13 @@ def _run_phase(phase, config, run_dir, state, model, pretrained, train_ds, val_d
                       shuffle=False, class_weight=weights, callbacks=callbacks)
     chosen = checkpoint.restore_best(model)
     if config.precise_bn:
-        from model.precise_bn import recalibrate_batchnorm
+        from model.precise_bn import recalibrate_batchnorm, training_pass
 
-        sync_batchnorm(model, False)   # one device's pass over the same images: identical on every replica
+        sync_batchnorm(model, False)   # one device's pass over the same batches: identical on every replica
         with strategy.scope():
-            layers = recalibrate_batchnorm(model, clean_images, batch_size=config.batch_size)
+            layers = recalibrate_batchnorm(model, training_pass(train_images, train_labels, config))
         if layers:
-            chosen += f"; BatchNormalization statistics of {layers} layers re-estimated on the clean training images"
+            chosen += f"; BatchNormalization statistics of {layers} layers re-estimated over one training pass"
     (console.print if console is not None else print)(f"phase {phase} model: {chosen}")
     _save_model(model, run_dir / f"phase{phase}_model.keras")
     state["completed"].append(phase)

@@ -51,8 +51,8 @@ def register(top, data) -> None:
     p.add_argument("--augment-intensity", action="store_true",
                    help="scanner augmentation: a random gamma, gain and smooth bias field per image")
     p.add_argument("--no-precise-bn", action="store_true",
-                   help="keep the BatchNormalization statistics training left (default: re-estimate them on the "
-                        "clean training images after each phase in which they trained)")
+                   help="keep the BatchNormalization statistics training left (default: re-estimate them over one "
+                        "pass of the training pipeline after each phase in which they trained)")
     p.add_argument("--augment-noise", type=float, default=0.0,
                    help="add Gaussian noise (fraction of the intensity range, e.g. 0.05) to the augmentation")
     p.add_argument("--ratios", default="0.7,0.15,0.15", help="train,val,test when the data has no split")

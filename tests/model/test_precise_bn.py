@@ -26,7 +26,8 @@ def test_recalibration_sets_the_mean_of_the_batch_statistics_and_leaves_frozen_l
     model = _tiny(frozen_bn=True)
     images = np.random.default_rng(0).integers(0, 256, (12, 8, 8), dtype=np.uint8)
     frozen_before = [w.copy() for w in model.get_layer("frozen").get_weights()]
-    assert recalibrate_batchnorm(model, images, batch_size=4) == 1
+    batches = [images[i:i + 4, ..., None].astype("float32") for i in range(0, 12, 4)]
+    assert recalibrate_batchnorm(model, batches) == 1
     conv = keras.Model(model.inputs, model.get_layer("conv").output)
     activations = np.asarray(conv(images[..., None].astype("float32")))
     batches = activations.reshape(3, 4, *activations.shape[1:])
@@ -44,7 +45,7 @@ def test_a_frozen_model_has_nothing_to_recalibrate():
 
     model = _tiny()
     model.trainable = False
-    assert recalibrate_batchnorm(model, np.zeros((4, 8, 8), np.uint8)) == 0
+    assert recalibrate_batchnorm(model, [np.zeros((4, 8, 8, 1), np.float32)]) == 0
 
 
 def test_weight_averaging_is_the_mean_of_the_averaged_epochs_and_survives_a_resume(tmp_path):
@@ -96,3 +97,20 @@ def test_a_negative_average_is_refused(oasis_dir, tmp_path):
 
     with pytest.raises(ParameterError, match="average_last"):
         train(TrainConfig(data=str(oasis_dir), out=str(tmp_path), input_size=32, epochs_phase2=1, average_last=-1))
+
+
+def test_the_pass_is_the_training_pipeline_with_its_augmentation():
+    """Statistics of clean images alone left the demo model unable to take noise (measured): the pass must
+    carry the run's augmentation, noise included."""
+    from types import SimpleNamespace
+
+    from model.precise_bn import training_pass
+
+    images = np.full((8, 16, 16), 100, np.uint8)
+    config = SimpleNamespace(batch_size=4, augment=True, seed=0, augment_noise=0.05, flip="none",
+                             augment_intensity=False)
+    batches = [np.asarray(x) for x, _ in training_pass(images, np.zeros(8, np.int64), config)]
+    assert [b.shape[0] for b in batches] == [4, 4]
+    assert all(b.std() > 5.0 for b in batches)          # the noise is there
+    clean = SimpleNamespace(**{**vars(config), "augment": False})
+    assert all(np.allclose(np.asarray(x), 100.0) for x, _ in training_pass(images, np.zeros(8, np.int64), clean))
