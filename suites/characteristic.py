@@ -303,6 +303,9 @@ def bank_evidence(record: dict | None, check_id: str, condition: str) -> dict | 
         return None
     big_enough = record.get("n_good", 0) >= MIN_BANK[0] and record.get("n_bad", 0) >= MIN_BANK[1]
     area = row.get("auroc")
+    # Only the checks the bank is built to judge can be demoted: performance and data bars are the user's
+    # requirements, and half the bad models are accurate on purpose (their AUROC says nothing of the bar).
+    judged_by_bank = check_id.startswith(BANK_SET)
     return {"condition": condition, "bad_rejected": row["bad_rejected"], "bad_n": row["bad_n"],
             "good_passed": row["good_passed"], "good_n": row["good_n"], "auroc": area,
-            "demoted": bool(big_enough and area is not None and area < MIN_AUROC)}
+            "demoted": bool(judged_by_bank and big_enough and area is not None and area < MIN_AUROC)}

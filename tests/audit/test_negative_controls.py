@@ -55,6 +55,13 @@ def probes(tmp_path_factory) -> dict[str, Path]:
             "foreground": save_probe(foreground_model(SIZE), root / "foreground.keras")}
 
 
+def rejects(check: dict) -> bool:
+    """The check's figure missed its threshold: FAIL, or WARN only because the committed reference bank
+    found the check too weak to fail a model (docs/gate_characteristic.md)."""
+    demoted = bool((check.get("bank") or {}).get("demoted"))
+    return check["status"] == "FAIL" or (check["status"] == "WARN" and demoted)
+
+
 def gate(pytester, model: Path, data: Path, out: Path, *extra) -> dict:
     thresholds = out.parent / f"{out.name}.toml"
     thresholds.write_text(DEFAULT_THRESHOLDS.read_text().split("[audit]")[0] + AUDIT)
@@ -70,8 +77,8 @@ def gate(pytester, model: Path, data: Path, out: Path, *extra) -> dict:
 
 def test_an_untrained_model_fails_localisation_and_faithfulness(pytester, cohort, probes, tmp_path):
     checks = gate(pytester, probes["untrained"], cohort, tmp_path / "untrained")
-    assert checks["explanations.localization_energy"]["status"] == "FAIL"
-    assert checks["explanations.faithfulness_score"]["status"] == "FAIL"
+    assert rejects(checks["explanations.localization_energy"])
+    assert rejects(checks["explanations.faithfulness_score"])
     loc = checks["explanations.localization_energy"]["comparison"]
     assert loc["skill"] < 0.05 and set(loc["controls"]) == {"random", "brain_uniform", "edge", "centre"}
 
@@ -79,7 +86,7 @@ def test_an_untrained_model_fails_localisation_and_faithfulness(pytester, cohort
 def test_maps_that_follow_the_brain_foreground_fail_localisation(pytester, cohort, probes, tmp_path):
     checks = gate(pytester, probes["foreground"], cohort, tmp_path / "foreground")
     loc = checks["explanations.localization_energy"]
-    assert loc["status"] == "FAIL"
+    assert rejects(loc)
     # Its raw energy is far from zero: only the comparison with the brain-uniform control exposes it.
     assert loc["comparison"]["value"] > 0.1 and loc["comparison"]["skill_ci"][0] < 0
 
@@ -107,7 +114,7 @@ def test_a_weight_insensitive_explainer_fails_randomization(pytester, cohort, pr
         "-p", "no:cacheprovider", f"--rootdir={pytester.path}")
     document = json.loads((out / "audit.json").read_text())
     check = {c["id"]: c for c in document["checks"]}["explanations.randomization_max_similarity"]
-    assert check["status"] == "FAIL" and check["value"] > 0.99
+    assert rejects(check) and check["value"] > 0.99
     assert document["figures"]["randomization"]["control_gate_similarity"]["edge"]["spearman"] > 0.99
 
 

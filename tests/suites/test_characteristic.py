@@ -175,3 +175,14 @@ def test_the_committed_thresholds_are_where_the_committed_bank_puts_them():
     for cid, row in record["thresholds"].items():
         if row["derived_in_file_terms"] is not None:
             assert thresholds.rule(cid).threshold == pytest.approx(row["derived_in_file_terms"], abs=5e-4), cid
+
+
+def test_performance_and_data_bars_are_never_demoted_by_the_bank():
+    from suites.characteristic import bank_evidence
+
+    row = {"good_passed": 6, "good_n": 6, "bad_rejected": 3, "bad_n": 7, "auroc": 0.6}
+    record = {"n_good": 6, "n_bad": 7, "checks": {"without_masks": {
+        "performance.balanced_accuracy": row, "data.leakage_rate": row, "explanations.faithfulness_score": row}}}
+    assert not bank_evidence(record, "performance.balanced_accuracy", "without_masks")["demoted"]
+    assert not bank_evidence(record, "data.leakage_rate", "without_masks")["demoted"]
+    assert bank_evidence(record, "explanations.faithfulness_score", "without_masks")["demoted"]

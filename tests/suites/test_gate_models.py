@@ -31,6 +31,13 @@ SUBJECTS, SLICES, SIZE, EPOCHS = 80, 4, 64, 25
 CLEAN = dict(size=128, epochs=20, subjects=120, slices=8, ratios=DEMO_RATIOS, seed=0, batch_size=32, recipe=True)
 
 
+def rejects(check: dict) -> bool:
+    """The check's figure missed its threshold: FAIL, or WARN only because the committed reference bank
+    found the check too weak to fail a model (docs/gate_characteristic.md)."""
+    demoted = bool((check.get("bank") or {}).get("demoted"))
+    return check["status"] == "FAIL" or (check["status"] == "WARN" and demoted)
+
+
 def train_on_cohort(root: Path, shortcut: float, size: int = SIZE, epochs: int = EPOCHS, subjects: int = SUBJECTS,
                     slices: int = SLICES, ratios=(0.7, 0.15, 0.15), seed: int = 3,
                     batch_size: int = 16, recipe: bool = False) -> tuple[Path, Path]:
@@ -106,8 +113,8 @@ def test_a_shortcut_model_fails_localization(pytester, clean_model, shortcut_mod
     result, document, cheat = gate(pytester, *shortcut_model, tmp_path / "cheat",
                                    select="point_at_the_atrophy or stay_inside_the_brain")
     assert document["verdict"] == "FAIL" and result.ret == 1
-    assert cheat["explanations.outside_brain_mass"]["status"] == "FAIL"
-    assert cheat["explanations.localization_energy"]["status"] == "FAIL"
+    assert rejects(cheat["explanations.outside_brain_mass"])
+    assert rejects(cheat["explanations.localization_energy"])
     assert clean["explanations.outside_brain_mass"]["status"] == "PASS"
     # Much of the Grad-CAM mass sits outside the brain, on the marker (at 64 px ~0.44; 0.60 at the demo's
     # 128 px, docs/measurements.md); the clean model localizes clearly better.
