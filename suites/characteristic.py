@@ -79,10 +79,7 @@ def characteristic(bank, documents: dict[str, dict[str, dict]], *, wall_seconds:
     for model, ran in zip(record["models"], as_run):
         for cond, run in ran["conditions"].items():
             model["conditions"][cond]["verdict_as_run"] = run["verdict"]
-    severities = {c["id"]: c["severity"] for conditions in documents.values() for doc in conditions.values()
-                  for c in doc["checks"] if thresholds.rule(c["id"]) is not None}
-    severities.update({cid: rule.severity for cid, rule in thresholds.rules.items()})
-    record["thresholds"] = bank_thresholds(record, severities)
+    record["thresholds"] = bank_thresholds(record, {cid: rule.severity for cid, rule in thresholds.rules.items()})
     for cid, row in record["thresholds"].items():
         rule = thresholds.rule(cid)
         sign = -1.0 if rule is not None and rule.direction == "max" else 1.0   # max rules judge -value
