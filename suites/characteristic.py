@@ -193,7 +193,8 @@ def to_markdown(record: dict) -> str:
     """The per-check table of the record, one section per mask condition."""
     lines = ["# The gate's operating characteristic", "",
              f"{record['n_good']} good and {record['n_bad']} bad models (`benchmarks/gate_bank.py`, "
-             f"{record.get('wall_seconds') or '?'} s wall for the runs this record was computed from). "
+             f"the gates behind this record took {round((record.get('wall_seconds') or 0) / 60)} min of wall, training "
+             "not included). "
              "PASS rate on the good bank and FAIL rate on the bad bank with exact 95% intervals; AUROC of the "
              "check's judged figure (the skill CI's lower bound, or the value) between the banks.", ""]
     lines += ["| model | kind | accurate | balanced accuracy | " + " | ".join(f"verdict {c}" for c in CONDITIONS) + " |",
