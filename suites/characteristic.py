@@ -85,7 +85,9 @@ def characteristic(bank, documents: dict[str, dict[str, dict]], *, wall_seconds:
         sign = -1.0 if rule is not None and rule.direction == "max" else 1.0   # max rules judge -value
         row["in_file"] = None if rule is None else rule.threshold
         row["derived_in_file_terms"] = None if row["derived"] is None else round(sign * row["derived"], 3)
-    record["thresholds_file_sha256"] = _sha256(thresholds.path)
+    from audit.writer import file_sha256_or_none
+
+    record["thresholds_file_sha256"] = file_sha256_or_none(thresholds.path)
     return record
 
 
@@ -120,15 +122,6 @@ def _record(models: list[dict], wall_seconds) -> dict:
                                             for c, d in m["conditions"].items()}} for m in models],
             "judged": {m["name"]: {c: d["judged"] for c, d in m["conditions"].items()} for m in models},
             "checks": table}
-
-
-def _sha256(path) -> str | None:
-    import hashlib
-
-    try:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    except OSError:
-        return None
 
 
 BANK_SET = ("explanations.", "stability.")   # the checks whose thresholds the bank sets (performance and data
@@ -286,10 +279,9 @@ def rejudge(checks: list[dict], thresholds, record: dict | None, condition: str)
         evidence = bank_evidence(record, cid, condition)
         warn_only = rule.severity == "warn" or check.get("severity") == "warn" or bool(evidence and evidence["demoted"])
         statuses[cid] = "PASS" if rule.passes(float(figure)) else ("WARN" if warn_only else "FAIL")
-    found = set(statuses.values())
-    bad = {"FAIL", "ERROR"} | ({"WARN"} if thresholds.fail_on_warn else set())
-    verdict = "FAIL" if found & bad else ("INCOMPLETE" if "NOT_RUN" in found or not found else "PASS")
-    return verdict, statuses
+    from suites.gate import verdict_of  # suites.gate imports this module
+
+    return verdict_of(statuses.values(), fail_on_warn=thresholds.fail_on_warn), statuses
 
 
 def bank_evidence(record: dict | None, check_id: str, condition: str) -> dict | None:

@@ -156,18 +156,25 @@ class Gate:
             self.checks[check_id]["scope"] = {"detects": detects, "cannot_detect": blind_to}
 
     def verdict(self) -> str:
-        """FAIL on any FAIL or ERROR (or WARN with fail_on_warn); else INCOMPLETE when any check did not
-        run (or none did); else PASS. Only a complete PASS accepts the model."""
-        statuses = {c["status"] for c in self.checks.values()}
-        bad = {"FAIL", "ERROR"} | ({"WARN"} if self.thresholds.fail_on_warn else set())
-        if statuses & bad:
-            return "FAIL"
-        if "NOT_RUN" in statuses or not self.checks or any(c not in self.checks for c in self.expected):
-            return "INCOMPLETE"
-        return "PASS"
+        """The verdict of the checks recorded so far (``verdict_of``); INCOMPLETE while an expected check is
+        missing."""
+        return verdict_of([c["status"] for c in self.checks.values()], fail_on_warn=self.thresholds.fail_on_warn,
+                          missing=any(c not in self.checks for c in self.expected))
 
     def ordered(self) -> list[dict]:
         return sorted(self.checks.values(), key=lambda c: (STATUS_ORDER[c["status"]], c["id"]))
+
+
+def verdict_of(statuses, *, fail_on_warn: bool, missing: bool = False) -> str:
+    """The gate's one rule, for a live gate and for a recorded one judged again (``characteristic.rejudge``):
+    FAIL on any FAIL or ERROR (or WARN with fail_on_warn); else INCOMPLETE when a check did not run, none
+    did, or an expected one is ``missing``; else PASS. Only a complete PASS accepts the model."""
+    found = set(statuses)
+    if found & ({"FAIL", "ERROR"} | ({"WARN"} if fail_on_warn else set())):
+        return "FAIL"
+    if "NOT_RUN" in found or not found or missing:
+        return "INCOMPLETE"
+    return "PASS"
 
 
 def _controls_note(comparison: dict | None) -> str:
