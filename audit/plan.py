@@ -19,9 +19,12 @@ FAITHFULNESS_ORDERS = 5  # Grad-CAM + four control maps, each a deletion and an 
 # Adaptive IG's gradient rows per image at the gate's settings (tolerance 0.05, min_steps 16, at most 128,
 # 4 panels; Clenshaw–Curtis 1 panel), by scheme: the largest mean over five demo-recipe models
 # (docs/ig_measurements.md; graded 23.1–30.1, trapezoid 27.5–42.2, Clenshaw–Curtis 37–49), rounded up.
-# Fixed steps: steps + 1.
+# Fixed steps: steps + 1. Used only when no probe was run: the plan runs adaptive IG on IG_PROBE_IMAGES of
+# the IG sample and counts (a random-weight ResNet50 needs 17.5 rows, a demo model 23).
 IG_ROWS_PER_IMAGE = {"graded": 32, "trapezoid": 44, "clenshaw-curtis": 50}
+IG_PROBE_IMAGES = 4
 RANDOMIZATION_STAGES = 6
+THROUGHPUT_ROUNDS = 3    # the gate's throughput checks: timed batches per figure, after one warm-up
 # A budget is planned to this share of its minutes: one timed batch leaves out the work around the model
 # (SSIM, control maps, re-initialising layers, bootstraps) and varies by ~5% from batch to batch. Measured
 # on a random-weight ResNet50 at 224² (docs/measurements.md): the whole gate took 0.90-1.05x its plan.
@@ -36,6 +39,13 @@ class UnitCosts:
     gradcam: float
     ig_row: float
     registration: float = 0.0   # registering one slice to MNI152 (audit.anatomy), after the template is loaded
+    ig_rows_per_image: float | None = None  # adaptive IG's rows on a few of the IG sample's images, this model
+    # The work around the model, per map pair or image, timed on a few of the run's own maps (on a small CNN it
+    # is most of stability's and randomization's time; on a ResNet50 a quarter of it):
+    ssim_pair: float = 0.0      # SSIM of two maps (stability: the model's and four controls' per noisy copy)
+    image_controls: float = 0.0  # the four image-only control maps of one image (stability)
+    similarity: float = 0.0     # randomization's four similarities of one map pair (model, edge control)
+    trace: float = 0.0          # compiling a CAM step for a new model (randomization's clone, Grad-CAM++)
 
 
 @dataclass
@@ -50,25 +60,50 @@ class StagePlan:
 
 
 def measure_costs(run, batch: int | None = None) -> UnitCosts:
-    """Time one warm batch of predictions, Grad-CAM and IG rows on the run's own images and model, and the
+    """Seconds per image of predictions and Grad-CAM (from the two stages themselves, which every figure needs
+    and which therefore run first), of an IG row (one warm timed batch on the run's own images) and of the
     registration of a few of its slices to MNI152."""
     from audit.explain.ig import ig_function
 
     n = min(len(run.inputs), batch or run.config.batch_size)
     x = run.inputs[:n]
 
-    def timed(fn) -> float:
+    def timed(fn, rows: int = n) -> float:
         fn()  # trace/compile once
         started = time.perf_counter()
         fn()
-        return (time.perf_counter() - started) / n
+        return (time.perf_counter() - started) / rows
 
-    forward = timed(lambda: run.predict_fn(x))
-    gradcam = timed(lambda: run.gradcam(x, None))  # None: explain the predicted class
-    step = ig_function(run.model, "logit")
-    alphas = np.linspace(0, 1, n).astype(np.float32)
-    wanted = np.zeros(n, np.int32)
-    ig_row = timed(lambda: step(x, np.zeros_like(x), alphas, wanted))
+    # The stages' own wall time per image; a stage read from the disk cache was not timed: one batch is.
+    # With a CAM explainer the predictions come from the maps' pass ("probs_gradcam"): that is Grad-CAM's cost,
+    # and a plain forward pass (faithfulness's unit) is timed on a small batch.
+    run.probs, run.gradcam_maps  # noqa: B018 - needed by every later stage; computed (and timed) here first
+    timings = run.timings
+    small = run.inputs[: min(n, 16)]
+    if "probs" in timings:
+        forward = timings["probs"] / max(len(run.inputs), 1)
+    else:
+        forward = timed(lambda: run.predict_fn(small), len(small))
+    # Grad-CAM once compiled, on a small batch; the stage's own time beyond it is the step's tracing.
+    gradcam = timed(lambda: run.gradcam(small, None), len(small))
+    stage_time = timings.get("probs_gradcam", timings.get("gradcam"))
+    trace = 0.0 if stage_time is None else max(0.0, stage_time - gradcam * len(run.gradcam_indices))
+    # IG's row cost and how many rows this model's images need: adaptive IG with the run's settings on a few
+    # images of the IG sample (after one small call that compiles the step).
+    from audit.explain import integrated_gradients
+    from audit.stages.explanations import ig_sample
+
+    warm = min(n, 4)
+    ig_function(run.model, "logit")(x[:warm], np.zeros_like(x[:warm]), np.linspace(0, 1, warm).astype(np.float32),
+                                    np.zeros(warm, np.int32))
+    chosen = ig_sample(run, run.config)  # sorted by index, i.e. often by stage: take them spread out
+    probe = chosen[np.linspace(0, len(chosen) - 1, min(IG_PROBE_IMAGES, len(chosen))).round().astype(int)]
+    started = time.perf_counter()
+    settings = run.ig_settings
+    result = integrated_gradients(run.model, run.inputs[probe], run.model_targets[probe], **settings)
+    run.ig_probe = (probe, result, settings)  # the IG stage reuses these images' results
+    rows = max(int(result.gradient_evaluations), 1)
+    ig_row, ig_rows_per_image = (time.perf_counter() - started) / rows, rows / max(len(probe), 1)
     from audit.anatomy import register_slices
     from audit.anatomy.prior import load_prior
     from audit.anatomy.registration import load_atlas
@@ -78,11 +113,39 @@ def measure_costs(run, batch: int | None = None) -> UnitCosts:
     started = time.perf_counter()
     register_slices(sample)
     registration = (time.perf_counter() - started) / max(len(sample), 1)
-    return UnitCosts(forward, gradcam, ig_row, registration)
+    ssim_pair, image_controls, similarity = _map_work(run.gradcam_maps[: min(8, len(run.gradcam_maps))],
+                                                      run.inputs[: min(8, len(run.inputs))])
+    return UnitCosts(forward, gradcam, ig_row, registration, ig_rows_per_image, ssim_pair, image_controls,
+                     similarity, trace)
 
 
-def plan_stages(n_images: int, config, costs: UnitCosts, n_sigmas: int) -> list[StagePlan]:
-    """Estimated seconds per stage for these sample sizes (0 = all images, as the runner reads it)."""
+def _map_work(maps: np.ndarray, images: np.ndarray) -> tuple[float, float, float]:
+    """Seconds per SSIM pair, per image's four image-only control maps and per randomization similarity."""
+    from audit.quality.base import ssim_pairs
+    from audit.quality.controls import image_only_explainers
+    from audit.quality.randomization import _similarity
+
+    k = max(len(maps), 1)
+    shifted = np.roll(maps, 1, axis=0)
+    started = time.perf_counter()
+    ssim_pairs(maps, shifted)
+    ssim_pair = (time.perf_counter() - started) / k
+    started = time.perf_counter()
+    for control in image_only_explainers().values():
+        control(images)
+    image_controls = (time.perf_counter() - started) / k
+    started = time.perf_counter()
+    _similarity(maps, shifted, maps, shifted)
+    return ssim_pair, image_controls, (time.perf_counter() - started) / k
+
+
+def plan_stages(n_images: int, config, costs: UnitCosts, n_sigmas: int, *,
+                gallery: tuple[int, int] | None = None) -> list[StagePlan]:
+    """Estimated seconds per stage for these sample sizes (0 = all images, as the runner reads it).
+
+    ``gallery``: (examples, of which need IG of their own) when the predictions are known; else every
+    example is counted as needing IG. With a CAM explainer over every image the predictions come from the
+    maps' pass (``explanations.one_pass_predictions``): one stage, one pass."""
     def size(n: int) -> int:
         return n_images if n <= 0 else min(n, n_images)
 
@@ -90,20 +153,39 @@ def plan_stages(n_images: int, config, costs: UnitCosts, n_sigmas: int) -> list[
     n_s, n_r = size(config.stability_images), size(config.randomization_images)
     rows = config.ig_steps + 1
     if config.ig_tolerance:
-        rows = min(rows, IG_ROWS_PER_IMAGE.get(config.ig_scheme, rows))
+        rows = min(rows, costs.ig_rows_per_image or IG_ROWS_PER_IMAGE.get(config.ig_scheme, rows))
     # The curves' ends (the image, its baseline) are shared by every order: 2 passes, then the inner steps.
-    curves = FAITHFULNESS_ORDERS * 2 * (config.faithfulness_steps - 1) + 2
+    inner = len(config.faithfulness_fractions()) - 2
+    curves = FAITHFULNESS_ORDERS * 2 * inner + 2
     noisy = n_sigmas * config.stability_draws
+    # A CAM's forward pass also gives the noisy copies' predictions; a reference explainer needs a pass more.
+    # Each noisy copy also gets the four image-only control maps and five SSIMs (the model's, the controls').
+    cam = config.explainer in ("gradcam", "gradcam++")
+    per_noisy = costs.gradcam + (0.0 if cam else costs.forward) + 5 * costs.ssim_pair + costs.image_controls
+    shown = min(n_images, 2 * config.gallery_per_class * 4) if gallery is None else gallery[0]
+    own_ig = shown if gallery is None else gallery[1]
+    batch = min(config.batch_size, n_images)
+    timed = (THROUGHPUT_ROUNDS + 1) * batch
+    if cam and n_cam == n_images:
+        first = [StagePlan("predictions + Grad-CAM", n_images, "1 Grad-CAM (its forward pass is the prediction)",
+                           n_images * costs.gradcam)]
+    else:
+        first = [StagePlan("predictions", n_images, "1 forward pass", n_images * costs.forward),
+                 StagePlan("Grad-CAM", n_cam, "1 Grad-CAM", n_cam * costs.gradcam)]
     return [
-        StagePlan("predictions", n_images, "1 forward pass", n_images * costs.forward),
+        *first,
         StagePlan("registration", n_images, "1 affine registration to MNI152", n_images * costs.registration),
-        StagePlan("Grad-CAM", n_cam, "1 Grad-CAM", n_cam * costs.gradcam),
-        StagePlan("Integrated Gradients", n_ig, f"~{rows} gradient rows", n_ig * rows * costs.ig_row),
-        StagePlan("faithfulness", n_f, f"{curves} forward passes (5 orders x 2 curves)", n_f * curves * costs.forward),
-        StagePlan("stability", n_s, f"{noisy} noisy Grad-CAMs + predictions",
-                  n_s * noisy * (costs.gradcam + costs.forward)),
+        StagePlan("Integrated Gradients", n_ig, f"~{rows:.0f} gradient rows", n_ig * rows * costs.ig_row),
+        StagePlan("faithfulness", n_f, f"{curves} forward passes (5 orders x 2 curves x {inner} points + 2 ends)",
+                  n_f * curves * costs.forward),
+        StagePlan("stability", n_s, f"{noisy} noisy Grad-CAMs" + ("" if cam else " + predictions"),
+                  n_s * noisy * per_noisy),
         StagePlan("randomization", n_r, f"~{RANDOMIZATION_STAGES} cascade stages of Grad-CAM",
-                  n_r * RANDOMIZATION_STAGES * costs.gradcam),
+                  n_r * RANDOMIZATION_STAGES * (costs.gradcam + 2 * costs.similarity) + costs.trace),
+        StagePlan("gallery", shown, f"1 Grad-CAM++; IG (~{rows:.0f} rows) for the {own_ig} outside the IG sample",
+                  shown * costs.gradcam + own_ig * rows * costs.ig_row + (costs.trace if shown else 0.0)),
+        StagePlan("throughput", batch, f"{THROUGHPUT_ROUNDS + 1} timed batches of inference and of Grad-CAM",
+                  timed * (costs.forward + costs.gradcam)),
     ]
 
 
@@ -116,8 +198,9 @@ def fit_budget(n_images: int, config, costs: UnitCosts, n_sigmas: int, minutes: 
     """
     budget = minutes * 60.0 * BUDGET_HEADROOM
     plans = {p.stage: p for p in plan_stages(n_images, config, costs, n_sigmas)}
-    fixed = plans["predictions"].seconds + plans["Grad-CAM"].seconds + plans["registration"].seconds
-    sampled = sum(p.seconds for name, p in plans.items() if name not in ("predictions", "Grad-CAM", "registration"))
+    unsampled = ("predictions", "Grad-CAM", "predictions + Grad-CAM", "registration", "gallery", "throughput")
+    fixed = sum(plans[name].seconds for name in unsampled if name in plans)
+    sampled = sum(p.seconds for name, p in plans.items() if name not in unsampled)
     if fixed + sampled <= budget or sampled <= 0:
         return config
     factor = max(0.0, budget - fixed) / sampled
@@ -157,14 +240,20 @@ def plan_audit(run) -> AuditPlan:
     Pure with respect to the run's configuration: returns a new config (``AuditRun.use_plan`` adopts it)."""
     from dataclasses import asdict
 
+    from audit.stages.explanations import gallery_indices
+
     config = run.config
     costs = measure_costs(run)
     n, n_sigmas = len(run.inputs), len(config.sigmas)
     if config.budget_minutes > 0:
         config = fit_budget(n, config, costs, n_sigmas, config.budget_minutes)
-    plans = plan_stages(n, config, costs, n_sigmas)
+    # The gallery reuses the IG sample's maps: its cost depends on the predictions (known by now) and the
+    # IG sample of the config the run will use.
+    shown, own_ig = gallery_indices(run, config)
+    plans = plan_stages(n, config, costs, n_sigmas, gallery=(len(shown), len(own_ig)))
     record = {"budget_minutes": config.budget_minutes or None,
-              "seconds_per_image": {k: round(v, 5) for k, v in asdict(costs).items()},
+              "seconds_per_image": {k: round(v, 5) for k, v in asdict(costs).items() if k != "ig_rows_per_image"},
+              "ig_rows_per_image": None if costs.ig_rows_per_image is None else round(costs.ig_rows_per_image, 1),
               "stages": [p.to_dict() for p in plans],
               "estimated_seconds": round(sum(p.seconds for p in plans), 1)}
     text = plan_table(plans)

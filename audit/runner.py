@@ -16,7 +16,7 @@ import numpy as np
 from audit.cache import ArrayCache
 from audit.config import AuditConfig
 from audit.inputs import AuditInputs
-from audit.sampling import IG_SALT, sample, stratified_indices
+from audit.sampling import stratified_indices
 from audit.stages import anatomy, change, data, explanations, performance, quality
 from model.classes import CLASSES
 from model.errors import AlzAuditError
@@ -41,6 +41,8 @@ class AuditRun(AuditInputs):
         self.baseline: AuditRun | None = None  # the model accepted last time (--baseline), same images
         self.plan: dict | None = None           # the cost plan the gate printed (audit.plan)
         self._changes: dict[str, dict | None] = {}
+        self._one_pass_maps: np.ndarray | None = None  # Grad-CAM maps made by the predictions' pass
+        self.ig_probe: tuple | None = None  # (indices, IGResult, settings) the plan computed to learn IG's cost
         self.cache = ArrayCache(self.out_dir / "cache", self._cache_key, enabled=self.config.cache)
 
     def use_plan(self, plan) -> "AuditRun":
@@ -84,7 +86,7 @@ class AuditRun(AuditInputs):
         return (self.model_sha256, self.images_sha256, self.manifest.content_hash(), self.config.split,
                 self.input_scale, self.classes, self.contract.height, self.contract.width, self.config.batch_size)
 
-    def _timed(self, name: str, compute):
+    def timed(self, name: str, compute):
         """Run one stage and record its wall time in ``timings`` (audit.json's run block)."""
         started = time.perf_counter()
         value = compute()
@@ -126,8 +128,16 @@ class AuditRun(AuditInputs):
     # ------------------------------------------------------------------------ the stages
     @cached_property
     def probs(self) -> np.ndarray:
-        """Canonical-order probabilities ``(N, 4)``."""
-        return self.cache.get("probs", lambda: self._timed("probs", lambda: performance.probabilities(self)))
+        """Canonical-order probabilities ``(N, 4)``; with a CAM explainer over every image, from the same
+        pass as the maps (``explanations.maps_and_probabilities``)."""
+        return self.cache.get("probs", self._predict)
+
+    def _predict(self) -> np.ndarray:
+        if explanations.one_pass_predictions(self):
+            maps, probs = self.timed("probs_gradcam", lambda: explanations.maps_and_probabilities(self))
+            self._one_pass_maps = maps
+            return probs
+        return self.timed("probs", lambda: performance.probabilities(self))
 
     @cached_property
     def predicted(self) -> np.ndarray:
@@ -155,13 +165,18 @@ class AuditRun(AuditInputs):
     @cached_property
     def gradcam_maps(self) -> np.ndarray:
         """Grad-CAM of the predicted class for ``gradcam_indices`` (all images by default)."""
-        return self.cache.get("gradcam", lambda: self._timed("gradcam", lambda: explanations.gradcam_maps(self)),
+        def compute() -> np.ndarray:
+            if self._one_pass_maps is not None:  # computed with the predictions
+                return self._one_pass_maps
+            return self.timed("gradcam", lambda: explanations.gradcam_maps(self))
+
+        return self.cache.get("gradcam", compute,
                               self.layer, self.config.gradcam_images, self.config.seed,
                               *(() if self.config.explainer == "gradcam" else (self.config.explainer,)))
 
     @cached_property
     def ig_indices(self) -> np.ndarray:
-        return sample(self.labels, self.config.ig_images, self.config.seed, IG_SALT)
+        return explanations.ig_sample(self, self.config)
 
     @property
     def ig_settings(self) -> dict:
@@ -169,7 +184,7 @@ class AuditRun(AuditInputs):
 
     @cached_property
     def ig(self):
-        return self._timed("ig", lambda: explanations.integrated_gradients(self))
+        return self.timed("ig", lambda: explanations.integrated_gradients(self))
 
     @cached_property
     def agreement(self) -> dict:
@@ -177,15 +192,15 @@ class AuditRun(AuditInputs):
 
     @cached_property
     def stability(self) -> dict:
-        return self._timed("stability", lambda: quality.stability(self))
+        return self.timed("stability", lambda: quality.stability(self))
 
     @cached_property
     def faithfulness(self) -> dict:
-        return self._timed("faithfulness", lambda: quality.faithfulness(self))
+        return self.timed("faithfulness", lambda: quality.faithfulness(self))
 
     @cached_property
     def randomization(self) -> dict:
-        return self._timed("randomization", lambda: quality.randomization(self))
+        return self.timed("randomization", lambda: quality.randomization(self))
 
     @cached_property
     def localization(self) -> dict | None:
@@ -193,7 +208,7 @@ class AuditRun(AuditInputs):
 
     @cached_property
     def registrations(self) -> list:
-        return self._timed("registration", lambda: anatomy.registrations(self))
+        return self.timed("registration", lambda: anatomy.registrations(self))
 
     @cached_property
     def registration_summary(self) -> dict:
@@ -221,11 +236,11 @@ class AuditRun(AuditInputs):
 
     @cached_property
     def leakage(self) -> dict:
-        return self._timed("leakage", lambda: data.leakage(self))
+        return self.timed("leakage", lambda: data.leakage(self))
 
     @cached_property
     def train_overlap(self) -> dict | None:
-        return self._timed("train_overlap", lambda: data.train_overlap(self))
+        return self.timed("train_overlap", lambda: data.train_overlap(self))
 
 
 def run_audit(model, manifest, config: AuditConfig | None = None, *, out_dir: str | Path = "out/audit",

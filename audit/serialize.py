@@ -237,7 +237,7 @@ def gallery_section(run) -> list[dict]:
     from audit.stages.explanations import gallery
 
     items = []
-    for item in gallery(run):
+    for item in run.timed("gallery", lambda: gallery(run)):
         stem, base = f"gallery/{item['true']}_{item['index']:05d}", item["image"]
         items.append({"class": item["true"], "correct": item["correct"], "true": item["true"],
                       "predicted": item["predicted"], "probability": item["probability"], "path": item["path"],

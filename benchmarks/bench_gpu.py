@@ -92,6 +92,7 @@ MIN_SPEEDUP = 1.2          # mixed IG must beat float32 IG by this factor to be 
 MARGIN_S = 8.0             # kept free at the end for writing the JSON and cleaning up
 SECTIONS = ("inference", "gradcam", "ig", "gate")
 # AuditRun stage -> its row in the gate's own plan (audit/plan.py), for the guard's estimate
+# (with a CAM over every image the plan has run predictions and Grad-CAM itself: "predictions + Grad-CAM")
 PLAN_STAGE = {"probs": "predictions", "gradcam_maps": "Grad-CAM", "ig": "Integrated Gradients",
               "faithfulness": "faithfulness", "stability": "stability", "randomization": "randomization"}
 
@@ -607,7 +608,7 @@ def gate_section(model, data: str | None, args: argparse.Namespace, clock: Clock
         stage_forward_passes={k: round(v / forward, 1) for k, v in stages.items()},
         sample_sizes={"gradcam": cfg.gradcam_images or len(x), "ig": min(cfg.ig_images, len(x)),
                       "ig_tolerance": cfg.ig_tolerance, "ig_max_steps": cfg.ig_steps,
-                      "faithfulness": cfg.faithfulness_images, "faithfulness_steps": cfg.faithfulness_steps,
+                      "faithfulness": cfg.faithfulness_images, "faithfulness_points": list(cfg.faithfulness_fractions()[1:-1]),
                       "stability": cfg.stability_images, "stability_draws": cfg.stability_draws,
                       "randomization": cfg.randomization_images, "budget_minutes": cfg.budget_minutes},
         errors=dict(run.errors))

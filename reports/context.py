@@ -534,8 +534,9 @@ def _environment(audit: dict[str, Any]) -> dict[str, Any]:
              ("Command", run.get("command") or "n/a")]
     plan = run.get("plan") or {}
     timings = run.get("timings") or {}
-    actual = {"predictions": "probs", "Grad-CAM": "gradcam", "Integrated Gradients": "ig",
-              "faithfulness": "faithfulness", "stability": "stability", "randomization": "randomization"}
+    actual = {"predictions": "probs", "Grad-CAM": "gradcam", "predictions + Grad-CAM": "probs_gradcam",
+              "registration": "registration", "Integrated Gradients": "ig", "faithfulness": "faithfulness",
+              "stability": "stability", "randomization": "randomization", "gallery": "gallery"}
     stages = [[p.get("stage", "?"), fmt(p.get("images")), p.get("work", ""), fmt(p.get("seconds")),
                fmt(timings.get(actual.get(p.get("stage"), ""), None))] for p in plan.get("stages") or []]
     budget = plan.get("budget_minutes")

@@ -40,7 +40,7 @@ def run_gate(model: str, data: str | None, out: str, *, split: str = "test", thr
         args += ["--strategy", strategy]
     if select:
         args += ["-k", select]
-    args += ["--command-line", command or invocation()]
+    args.append(f"--command-line={command or invocation()}")  # "=": a command line may start with "-"
     if quiet:
         args += ["-q", "--no-header", "-rN", "--benchmark-quiet"]
     audit_json = Path(out) / "audit.json"

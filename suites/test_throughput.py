@@ -35,9 +35,12 @@ def _record(request, run, device_kind, key: str, rate: float, stats) -> None:
     path.write_text(json.dumps(saved, indent=2))
 
 
+from audit.plan import THROUGHPUT_ROUNDS  # noqa: E402 - timed batches per figure, after one warm-up
+
+
 def _measure(benchmark, fn) -> tuple[float, object]:
     fn()  # warm-up: tracing and compilation are not throughput
-    benchmark.pedantic(fn, rounds=5, iterations=1, warmup_rounds=0)
+    benchmark.pedantic(fn, rounds=THROUGHPUT_ROUNDS, iterations=1, warmup_rounds=0)
     return benchmark.stats.stats
 
 

@@ -34,6 +34,7 @@ SCHEMA: dict[str, dict[str, object]] = {
                                      "agreement_spearman", "stability_ssim")},
     "audit": {"gradcam_images": int, "ig_images": int, "ig_steps": int, "stability_images": int,
               "stability_draws": int, "faithfulness_images": int, "faithfulness_steps": int,
+              "faithfulness_points": "fractions",
               "randomization_images": int, "gallery_per_class": int, "batch_size": int,
               "ig_scheme": "ig_scheme", "ig_min_steps": int, "ig_panels": int,
               "randomization_gate_fraction": "share", "min_mask_share": "share", "ig_tolerance": "share",
@@ -164,6 +165,12 @@ def load_thresholds(path: str | Path | None = None) -> Thresholds:
                     raise AlzAuditError(f"{path}: '{section}.{key}' must be a share in [0, 1], got {value!r}")
                 if kind is int and value < 0:
                     raise AlzAuditError(f"{path}: '{section}.{key}' must be >= 0, got {value}")
+            elif kind == "fractions":
+                if (not isinstance(value, list) or not value
+                        or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value)
+                        or any(not 0.0 < v < 1.0 for v in value) or sorted(set(value)) != value):
+                    raise AlzAuditError(f"{path}: '{section}.{key}' must be increasing fractions strictly between 0 "
+                                        f"and 1, got {value!r}")
             elif kind == "ig_scheme":
                 from audit.explain.ig import SCHEMES
 

@@ -49,7 +49,31 @@ def class_activation_maps(model, images, targets=None, *, method: str = "gradcam
 
     The second value says which class each map explains, which matters when ``targets=None``.
     """
-    return _class_activation_maps(model, images, targets, layer, batch_size, method, strategy)
+    return _class_activation_maps(model, images, targets, layer, batch_size, method, strategy)[:2]
+
+
+def maps_and_predictions(model, images, targets=None, *, method: str = "gradcam", layer: str | None = None,
+                         batch_size: int = 32, strategy=None) -> tuple[np.ndarray, np.ndarray]:
+    """``(heatmaps (N, H, W) in [0, 1], predicted class per image (N,))``: the forward pass that explains
+    ``targets`` also says what the model predicts, so a stage that needs both (stability: maps and flips
+    of noisy copies) pays for one pass, not two."""
+    maps, _, scores = _class_activation_maps(model, images, targets, layer, batch_size, method, strategy)
+    return maps, scores.argmax(axis=1)
+
+
+def maps_and_outputs(model, images, targets=None, *, method: str = "gradcam", layer: str | None = None,
+                     batch_size: int = 32, strategy=None) -> tuple[np.ndarray, np.ndarray]:
+    """``(heatmaps (N, H, W) in [0, 1], the model's outputs (N, C))`` from one pass: the outputs are the
+    softmax of the explained logits for a softmax head (what ``model(x)`` returns, to float rounding) and the
+    explained scores themselves otherwise (a linear or other head is explained as-is). The audit's
+    predictions and its Grad-CAM of the predicted class (``targets=None``) thus cost one pass, not two."""
+    from audit.explain.layers import find_head
+
+    maps, _, scores = _class_activation_maps(model, images, targets, layer, batch_size, method, strategy)
+    if find_head(model).kind in ("dense_softmax", "softmax_layer"):
+        shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
+        return maps, shifted / shifted.sum(axis=1, keepdims=True)
+    return maps, scores
 
 
 def _class_activation_maps(model, images, targets, layer, batch_size, method, strategy=None):
@@ -63,21 +87,24 @@ def _class_activation_maps(model, images, targets, layer, batch_size, method, st
     if strategy is not None:
         from model.distribute import distributed, global_batch
 
-        step = distributed(step, step.step, strategy, 2)
+        step = distributed(step, step.step, strategy, 3)
         batch_size = global_batch(batch_size, strategy)
-    maps, used = [], []
+    maps, used, scores = [], [], []
     for start in range(0, len(images), batch_size):
-        cam, explained = step(images[start:start + batch_size], wanted[start:start + batch_size])
+        cam, explained, logits = step(images[start:start + batch_size], wanted[start:start + batch_size])
         maps.append(cam.numpy())
         used.append(explained.numpy())
+        scores.append(logits.numpy())
     if len(maps) == 1:  # the common case: no copy
-        return maps[0], used[0].astype(np.int64)
-    return np.concatenate(maps), np.concatenate(used).astype(np.int64)
+        return maps[0], used[0].astype(np.int64), scores[0].astype(np.float64)
+    return (np.concatenate(maps), np.concatenate(used).astype(np.int64),
+            np.concatenate(scores).astype(np.float64))
 
 
 def cam_function(model, layer: str | None = None, method: str = "gradcam"):
     """The cached compiled step ``(images (B,H,W,C) float32, targets (B,) int32, -1 = predicted)
-    -> (heatmaps (B, H, W) in [0, 1], explained classes (B,))``; exposed for benchmarks."""
+    -> (heatmaps (B, H, W) in [0, 1], explained classes (B,), explained scores (B, C))``; exposed for
+    benchmarks."""
     grads_model, path = gradient_model(model, layer)
     return cached(model, ("cam", path, method), lambda: _compile(grads_model, path, input_shape(model), method))
 
@@ -113,7 +140,7 @@ def _compile(grads_model, path: str, shape: tuple, method: str):
             weights = tf.reduce_mean(grads, axis=(1, 2))
         cam = tf.nn.relu(tf.einsum("bhwk,bk->bhw", acts, weights))
         cam = tf.image.resize(cam[..., None], tf.shape(images)[1:3], method="bilinear")[..., 0]
-        return normalise_maps_tf(cam), chosen
+        return normalise_maps_tf(cam), chosen, logits
 
     def run(images, targets):
         return step(tf.constant(images), tf.constant(targets, tf.int32))

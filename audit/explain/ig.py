@@ -85,6 +85,21 @@ class IGResult:
     panel_steps: np.ndarray | None = None
 
 
+def join_results(parts: list[IGResult], order: np.ndarray) -> IGResult:
+    """The results of disjoint image sets (same settings) as one: rows concatenated in ``parts`` order, then
+    taken in ``order`` (positions into that concatenation); evaluations summed, ``steps`` the largest."""
+    def rows(name: str) -> np.ndarray | None:
+        arrays = [getattr(p, name) for p in parts]
+        return None if any(a is None for a in arrays) else np.concatenate(arrays)[order]
+
+    first = parts[0]
+    return IGResult(attributions=rows("attributions"), heatmaps=rows("heatmaps"), delta=rows("delta"),
+                    completeness_error=rows("completeness_error"), targets=rows("targets"), output=first.output,
+                    steps=max(p.steps for p in parts), estimable=rows("estimable"), steps_used=rows("steps_used"),
+                    converged=rows("converged"), gradient_evaluations=sum(p.gradient_evaluations for p in parts),
+                    tolerance=first.tolerance, scheme=first.scheme, panel_steps=rows("panel_steps"))
+
+
 def integrated_gradients(model, images, targets=None, *, baseline="black", steps: int = 64,
                          batch_size: int = 32, output: str = "logit", tolerance: float | None = None,
                          min_steps: int = 16, max_steps: int | None = None, scheme: str = "trapezoid",

@@ -7,7 +7,7 @@ also run with a random pixel order in the same pass and the metric is the gain o
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
@@ -35,10 +35,45 @@ def _ranks(order: np.ndarray) -> np.ndarray:
     return ranks
 
 
+def order_curves(predict_fn: Callable[[np.ndarray], np.ndarray], images: np.ndarray, ranks: np.ndarray,
+                 targets: np.ndarray, counts: np.ndarray, base: np.ndarray, *, batch_size: int = 64) -> np.ndarray:
+    """The target's score along deletion and insertion in every order: ``(N, orders, 2, len(counts))``.
+
+    ``ranks[i, o, p]`` is pixel p's position in image i's order o; ``counts`` the numbers of pixels moved at
+    each point (first 0, last all). Both ends of every curve are the image itself or its baseline, whatever
+    the order: they go through the model once per image, and only the points in between are stacked per
+    order and curve, in batches of ``batch_size``.
+    """
+    x = images
+    n, h, w, c = x.shape
+    n_orders = ranks.shape[1]
+    tgt = np.asarray(targets, dtype=np.int64).reshape(n)
+    curves = np.empty((n, n_orders, 2, len(counts)), dtype=np.float64)  # (image, order, deletion/insertion, point)
+    inner = counts[1:-1]
+    per_image = 2 * n_orders * len(inner) + 2
+    chunk = max(1, (8 * batch_size) // per_image)
+    for s in range(0, n, chunk):
+        xi, bi, ri = x[s:s + chunk], base[s:s + chunk], ranks[s:s + chunk]
+        k = len(xi)
+        moved = (ri[:, :, None, :] < inner[None, None, :, None]).reshape(k, n_orders, 1, len(inner), h, w, 1)
+        xi6, bi6 = xi[:, None, None, None], bi[:, None, None, None]
+        # deletion: moved pixels come from the baseline; insertion: moved pixels come from the image.
+        stack = np.concatenate([np.where(moved, bi6, xi6), np.where(moved, xi6, bi6)], axis=2)
+        probs = predict_in_batches(predict_fn, np.concatenate([stack.reshape((-1, h, w, c)), xi, bi]), batch_size)
+        wanted = tgt[s:s + k]
+        at_image = probs[-2 * k:-k][np.arange(k), wanted][:, None]
+        at_base = probs[-k:][np.arange(k), wanted][:, None]
+        middle = probs[:-2 * k].reshape(k, n_orders, 2, len(inner), -1)
+        curves[s:s + k, :, :, 1:-1] = np.take_along_axis(middle, wanted.reshape(k, 1, 1, 1, 1), axis=-1)[..., 0]
+        curves[s:s + k, :, 0, 0], curves[s:s + k, :, 0, -1] = at_image, at_base  # deletion: image -> baseline
+        curves[s:s + k, :, 1, 0], curves[s:s + k, :, 1, -1] = at_base, at_image  # insertion: baseline -> image
+    return curves
+
+
 def faithfulness(predict_fn: Callable[[np.ndarray], np.ndarray], images: np.ndarray, maps: np.ndarray,
                  targets: np.ndarray, *, steps: int = 20, blur_sigma: float | None = None, seed: int = 0,
                  batch_size: int = 64, control_maps: dict[str, np.ndarray] | None = None,
-                 scale_by_spread: bool = False) -> dict[str, Any]:
+                 scale_by_spread: bool = False, fractions: Sequence[float] | None = None) -> dict[str, Any]:
     """Deletion/insertion AUC of the target-class probability in heatmap order and in random order.
 
     ``predict_fn(images) -> (N, C)`` probabilities. Pixels are moved ``1/steps`` of the image at a time;
@@ -59,7 +94,23 @@ def faithfulness(predict_fn: Callable[[np.ndarray], np.ndarray], images: np.ndar
 
     ``scale_by_spread`` (for unbounded scores such as logits) rescales each image's curves to [0, 1] by
     the range its score spans over all orders and steps; an image whose score does not move is flat (0).
+
+    ``fractions`` (increasing, from 0 to 1) replaces the ``steps`` equal steps by these points: the AUC is
+    the trapezoid over them. The curves' ends are shared by every order, so each inner point costs one
+    pass per order and curve.
     """
+    curves, fraction, names = faithfulness_curves(predict_fn, images, maps, targets, steps=steps,
+                                                  blur_sigma=blur_sigma, seed=seed, batch_size=batch_size,
+                                                  control_maps=control_maps, fractions=fractions)
+    return summarize_curves(curves, fraction, names, set(control_maps or {}), scale_by_spread=scale_by_spread)
+
+
+def faithfulness_curves(predict_fn: Callable[[np.ndarray], np.ndarray], images: np.ndarray, maps: np.ndarray,
+                        targets: np.ndarray, *, steps: int = 20, blur_sigma: float | None = None, seed: int = 0,
+                        batch_size: int = 64, control_maps: dict[str, np.ndarray] | None = None,
+                        fractions: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The raw curves behind ``faithfulness``: ``(curves (N, 1 + orders, 2, points), fraction, names)``, order
+    0 the map's, then ``names`` (the controls, or "random_pixels" when no "random" control is given)."""
     x = as_images(images)
     m = np.nan_to_num(as_maps(maps), nan=0.0, posinf=0.0, neginf=0.0)
     n, h, w, c = x.shape
@@ -68,8 +119,13 @@ def faithfulness(predict_fn: Callable[[np.ndarray], np.ndarray], images: np.ndar
     tgt = np.asarray(targets, dtype=np.int64).reshape(n)
     if n == 0:
         raise AlzAuditError("faithfulness: no images given")
-    if steps < 1:
-        raise AlzAuditError(f"faithfulness: steps must be >= 1, got {steps}")
+    if fractions is None:
+        if steps < 1:
+            raise AlzAuditError(f"faithfulness: steps must be >= 1, got {steps}")
+        fractions = np.linspace(0.0, 1.0, steps + 1)
+    fractions = np.asarray(fractions, dtype=np.float64)
+    if len(fractions) < 2 or fractions[0] != 0.0 or fractions[-1] != 1.0 or np.any(np.diff(fractions) <= 0):
+        raise AlzAuditError(f"faithfulness: fractions must rise from 0 to 1, got {fractions.tolist()}")
     controls = {name: np.nan_to_num(as_maps(cm, f"control map {name}"), nan=0.0, posinf=0.0, neginf=0.0)
                 for name, cm in (control_maps or {}).items()}
     for name, cm in controls.items():
@@ -87,32 +143,16 @@ def faithfulness(predict_fn: Callable[[np.ndarray], np.ndarray], images: np.ndar
         orders.insert(1 + names.index(name), np.lexsort((tie_break, -controls[name].reshape(n, n_px)), axis=-1))
     ranks = np.stack([_ranks(o) for o in orders], axis=1)  # (n, orders, P)
     n_orders = ranks.shape[1]
-    counts = np.round(np.linspace(0, n_px, steps + 1)).astype(np.int64)
+    counts = np.round(fractions * n_px).astype(np.int64)
     fraction = counts / n_px
     base = blurred_baseline(x, blur_sigma)
+    return order_curves(predict_fn, x, ranks, tgt, counts, base, batch_size=batch_size), fraction, names
 
-    curves = np.empty((n, n_orders, 2, steps + 1), dtype=np.float64)  # (image, order, deletion/insertion, step)
-    # Both ends of every curve are the image itself or its baseline, whatever the order: they go through the
-    # model once per image, and only the steps in between are stacked per order and curve.
-    inner = counts[1:-1]
-    per_image = 2 * n_orders * len(inner) + 2
-    chunk = max(1, (8 * batch_size) // per_image)
-    for s in range(0, n, chunk):
-        xi, bi, ri = x[s:s + chunk], base[s:s + chunk], ranks[s:s + chunk]
-        k = len(xi)
-        moved = (ri[:, :, None, :] < inner[None, None, :, None]).reshape(k, n_orders, 1, len(inner), h, w, 1)
-        xi6, bi6 = xi[:, None, None, None], bi[:, None, None, None]
-        # deletion: moved pixels come from the baseline; insertion: moved pixels come from the image.
-        stack = np.concatenate([np.where(moved, bi6, xi6), np.where(moved, xi6, bi6)], axis=2)
-        probs = predict_in_batches(predict_fn, np.concatenate([stack.reshape((-1, h, w, c)), xi, bi]), batch_size)
-        wanted = tgt[s:s + k]
-        at_image = probs[-2 * k:-k][np.arange(k), wanted][:, None]
-        at_base = probs[-k:][np.arange(k), wanted][:, None]
-        middle = probs[:-2 * k].reshape(k, n_orders, 2, len(inner), -1)
-        curves[s:s + k, :, :, 1:-1] = np.take_along_axis(middle, wanted.reshape(k, 1, 1, 1, 1), axis=-1)[..., 0]
-        curves[s:s + k, :, 0, 0], curves[s:s + k, :, 0, -1] = at_image, at_base  # deletion: image -> baseline
-        curves[s:s + k, :, 1, 0], curves[s:s + k, :, 1, -1] = at_base, at_image  # insertion: baseline -> image
 
+def summarize_curves(curves: np.ndarray, fraction: np.ndarray, names: list[str], controls: set[str], *,
+                     scale_by_spread: bool = False) -> dict[str, Any]:
+    """``faithfulness``'s figures from its raw curves (``faithfulness_curves``)."""
+    curves = np.asarray(curves, dtype=np.float64)
     if scale_by_spread:
         # Scores (e.g. logits) have no common unit across images: express each image's curves as a share
         # of the range its score spans over every order and step. A score that does not move (an

@@ -27,7 +27,10 @@ def stability(model: Any, explainer: Explainer, images: np.ndarray, *, sigmas: S
               draws: int = 5, seed: int = 0, targets: np.ndarray | None = None,
               clean_maps: np.ndarray | None = None, predict_fn: Callable[[np.ndarray], np.ndarray] | None = None,
               intensity_range: float = 255.0, batch_size: int = 64,
-              control_explainers: dict[str, Callable[[np.ndarray], np.ndarray]] | None = None) -> dict[str, Any]:
+              control_explainers: dict[str, Callable[[np.ndarray], np.ndarray]] | None = None,
+              clean_predictions: np.ndarray | None = None,
+              explain_and_predict: Callable[[Any, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None
+              = None) -> dict[str, Any]:
     """SSIM between the map of each clean image and of ``draws`` noisy copies, per noise level.
 
     Gaussian noise with std ``sigma * intensity_range`` is added to the raw input and clipped to
@@ -45,6 +48,11 @@ def stability(model: Any, explainer: Explainer, images: np.ndarray, *, sigmas: S
     ``"controls": {σ: {name: MetricResult}}``. An edge map shows how much of the noise a purely
     image-derived map picks up; an input-independent map (centre prior) is perfectly stable, which is
     why stability is judged on its value, not on skill over the controls.
+
+    The flip rate needs the predicted class of every clean and noisy image. ``clean_predictions`` (the
+    audit already has them) saves the clean pass; ``explain_and_predict(model, x, targets) -> (maps,
+    predicted)`` (a CAM whose forward pass also gives the prediction) replaces ``explainer`` on the noisy
+    copies and saves their separate prediction pass: half the stage's cost.
     """
     x = as_images(images)
     if len(x) == 0:
@@ -55,7 +63,8 @@ def stability(model: Any, explainer: Explainer, images: np.ndarray, *, sigmas: S
         raise AlzAuditError(f"stability: noise levels must be >= 0, got {list(sigmas)}")
     n, (h, w) = len(x), x.shape[1:3]
     predict = predict_fn or model_predict_fn(model)
-    clean_pred = predict_in_batches(predict, x, batch_size).argmax(axis=1)
+    clean_pred = (predict_in_batches(predict, x, batch_size).argmax(axis=1) if clean_predictions is None
+                  else np.asarray(clean_predictions, dtype=np.int64).reshape(n))
     tgt = clean_pred if targets is None else np.asarray(targets, dtype=np.int64).reshape(n)
     clean = normalize_maps(explainer(model, x, tgt) if clean_maps is None else clean_maps)
     if clean.shape != (n, h, w):
@@ -68,8 +77,14 @@ def stability(model: Any, explainer: Explainer, images: np.ndarray, *, sigmas: S
     noisy = np.clip(noisy, 0.0, intensity_range).reshape((-1,) + x.shape[1:])
     tgt_all = np.tile(tgt, n_s * draws)
 
-    noisy_maps = normalize_maps(explainer(model, noisy, tgt_all)).reshape(n_s, draws, n, h, w)
-    noisy_pred = predict_in_batches(predict, noisy, batch_size).argmax(axis=1).reshape(n_s, draws, n)
+    if explain_and_predict is not None:
+        noisy_maps, noisy_pred = explain_and_predict(model, noisy, tgt_all)
+        noisy_pred = np.asarray(noisy_pred, dtype=np.int64)
+    else:
+        noisy_maps = explainer(model, noisy, tgt_all)
+        noisy_pred = predict_in_batches(predict, noisy, batch_size).argmax(axis=1)
+    noisy_maps = normalize_maps(noisy_maps).reshape(n_s, draws, n, h, w)
+    noisy_pred = noisy_pred.reshape(n_s, draws, n)
     ssim = ssim_pairs(np.broadcast_to(clean, noisy_maps.shape).reshape(-1, h, w),
                       noisy_maps.reshape(-1, h, w)).reshape(n_s, draws, n)
     flips = noisy_pred != clean_pred[None, None]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from audit.sampling import GALLERY_SALT
+from audit.sampling import GALLERY_SALT, IG_SALT, sample
 from model.classes import CLASSES
 from model.errors import ParameterError
 
@@ -34,10 +34,41 @@ def audited_maps(run, model, x: np.ndarray, targets) -> np.ndarray:
                   strategy=run.strategy if model is run.model else None)
 
 
+def audited_maps_and_predictions(run, model, x: np.ndarray, targets) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(maps, predicted model-order classes)`` from one pass when the audited explainer is a CAM; None for
+    the reference explainers (their maps see no model: the predictions need a pass of their own)."""
+    from audit.explain.gradcam import maps_and_predictions
+
+    if run.config.explainer not in ("gradcam", "gradcam++"):
+        return None
+    return maps_and_predictions(model, x, targets, method=run.config.explainer, layer=run.layer,
+                                batch_size=run.config.batch_size,
+                                strategy=run.strategy if model is run.model else None)
+
+
+def one_pass_predictions(run) -> bool:
+    """True when the predictions can come from the Grad-CAM pass: a CAM explainer over every image."""
+    return run.config.explainer in ("gradcam", "gradcam++") and len(run.gradcam_indices) == len(run.inputs)
+
+
+def maps_and_probabilities(run) -> tuple[np.ndarray, np.ndarray]:
+    """(maps of the predicted class for every image, canonical-order probabilities) from one pass."""
+    from audit.explain.gradcam import maps_and_outputs
+
+    maps, outputs = maps_and_outputs(run.model, run.inputs, None, method=run.config.explainer, layer=run.layer,
+                                     batch_size=run.config.batch_size, strategy=run.strategy)
+    return maps, outputs[:, run.contract.to_canonical]
+
+
 def gradcam_maps(run) -> np.ndarray:
     """Grad-CAM of the predicted class for ``run.gradcam_indices`` (all images by default)."""
     idx = run.gradcam_indices
     return run.gradcam(run.inputs[idx], run.model_targets[idx])
+
+
+def ig_sample(run, config) -> np.ndarray:
+    """The images IG explains under ``config``: stratified by stage, spread over subjects."""
+    return sample(run.labels, config.ig_images, config.seed, IG_SALT, run.subjects)
 
 
 def ig_settings(run) -> dict:
@@ -50,37 +81,65 @@ def ig_settings(run) -> dict:
 
 
 def integrated_gradients(run):
-    """Adaptive IG of the predicted class's logit on ``run.ig_indices`` (an ``IGResult``)."""
+    """Adaptive IG of the predicted class's logit on ``run.ig_indices`` (an ``IGResult``). The images the
+    plan already explained to learn IG's cost (``run.ig_probe``) are reused, not computed twice."""
     from audit.explain import integrated_gradients as ig
+    from audit.explain.ig import join_results
 
-    idx = run.ig_indices
-    return ig(run.model, run.inputs[idx], run.model_targets[idx], **run.ig_settings)
+    idx = np.asarray(run.ig_indices)
+    probe = run.ig_probe
+    if probe is None or probe[2] != run.ig_settings or not set(probe[0].tolist()) <= set(idx.tolist()):
+        return ig(run.model, run.inputs[idx], run.model_targets[idx], **run.ig_settings)
+    done, result = probe[0], probe[1]
+    rest = idx[~np.isin(idx, done)]
+    parts = [result] + ([ig(run.model, run.inputs[rest], run.model_targets[rest], **run.ig_settings)]
+                        if len(rest) else [])
+    position = {int(j): i for i, j in enumerate(np.concatenate([done, rest]))}
+    return join_results(parts, np.array([position[int(j)] for j in idx]))
+
+
+def gallery_indices(run, config) -> tuple[list[tuple[int, bool]], list[int]]:
+    """The gallery's ``(index, correct)`` examples under ``config``, and the indices among them that the IG
+    sample does not cover (the gallery computes IG for those only)."""
+    k = config.gallery_per_class
+    if k <= 0:
+        return [], []
+    rng = np.random.default_rng(config.seed + GALLERY_SALT)
+    explained = {int(j) for j in ig_sample(run, config)}
+    chosen: list[tuple[int, bool]] = []
+    for c in range(len(CLASSES)):
+        for correct in (True, False):
+            pool = rng.permutation(np.flatnonzero((run.labels == c) & ((run.predicted == c) == correct)))
+            pool = sorted(pool, key=lambda i: int(i) not in explained)  # stable: random within each group
+            chosen += [(int(i), correct) for i in pool[:k]]
+    return chosen, [i for i, _ in chosen if i not in explained]
 
 
 def gallery(run) -> list[dict]:
     """Per class, up to k correct and k misclassified slices with their Grad-CAM, Grad-CAM++ and IG maps.
 
-    Returns plain items with the arrays; ``audit.writer`` turns them into overlay images."""
+    Examples are drawn first among the images the IG stage already explained (their IG maps are reused;
+    IG is the gallery's cost), then from the rest of the split. Returns plain items with the arrays;
+    ``audit.writer`` turns them into overlay images."""
     from audit.explain import gradcam_plus_plus
     from audit.explain import integrated_gradients as ig
 
-    k = run.config.gallery_per_class
-    if k <= 0:
-        return []
-    rng = np.random.default_rng(run.config.seed + GALLERY_SALT)
-    chosen: list[tuple[int, bool]] = []
-    for c in range(len(CLASSES)):
-        for correct in (True, False):
-            pool = np.flatnonzero((run.labels == c) & ((run.predicted == c) == correct))
-            chosen += [(int(i), correct) for i in rng.permutation(pool)[:k]]
+    chosen, _ = gallery_indices(run, run.config)
     if not chosen:
         return []
+    explained = {int(j): row for row, j in enumerate(run.ig_indices)}
     idx = np.array([i for i, _ in chosen])
     x, targets = run.inputs[idx], run.model_targets[idx]
     cam = run.gradcam_for(idx)
     campp = gradcam_plus_plus(run.model, x, targets, layer=run.layer, batch_size=run.config.batch_size,
                               strategy=run.strategy)
-    ig_maps = ig(run.model, x, targets, **run.ig_settings).heatmaps
+    ig_maps = np.empty(cam.shape, dtype=np.float32)
+    reused = [row for row, i in enumerate(idx) if int(i) in explained]
+    if reused:
+        ig_maps[reused] = run.ig.heatmaps[[explained[int(idx[row])] for row in reused]]
+    missing = [row for row, i in enumerate(idx) if int(i) not in explained]
+    if missing:
+        ig_maps[missing] = ig(run.model, x[missing], targets[missing], **run.ig_settings).heatmaps
     return [{"index": i, "correct": correct, "true": CLASSES[run.labels[i]], "predicted": CLASSES[run.predicted[i]],
              "probability": float(run.probs[i, run.predicted[i]]), "path": str(run.split.samples[i].path),
              "image": run.images[i], "gradcam": cam[row], "gradcam_pp": campp[row], "ig": ig_maps[row]}

@@ -51,13 +51,17 @@ def stability(run) -> dict:
     """SSIM of Grad-CAM under input noise and the prediction flip rate, beside image-only controls."""
     from audit.quality.controls import image_only_explainers
     from audit.quality.stability import stability as measure
+    from audit.stages.explanations import audited_maps_and_predictions
 
     config = run.config
-    idx = sample(run.labels, config.stability_images, config.seed, STABILITY_SALT)
+    idx = sample(run.labels, config.stability_images, config.seed, STABILITY_SALT, run.subjects)
     result = measure(run.model, run.explainer, run.inputs[idx], sigmas=config.sigmas, draws=config.stability_draws,
                      seed=config.seed, targets=run.model_targets[idx], clean_maps=run.gradcam_for(idx),
                      predict_fn=run.predict_fn, intensity_range=run.contract.input_scale,
-                     batch_size=max(config.batch_size, 64), control_explainers=image_only_explainers(config.seed))
+                     batch_size=max(config.batch_size, 64), control_explainers=image_only_explainers(config.seed),
+                     clean_predictions=run.model_targets[idx],
+                     explain_and_predict=(None if config.explainer not in ("gradcam", "gradcam++") else
+                                          lambda model, x, t: audited_maps_and_predictions(run, model, x, t)))
     result["comparisons"] = {key: compare(run, ssim, result["controls"][key], idx, higher_is_better=True)
                              for key, ssim in result["ssim"].items()}
     result["indices"] = idx
@@ -71,9 +75,9 @@ def faithfulness(run) -> dict:
     # Deletion and insertion blur what the map ranks first; for the reference stage that *adds*
     # evidence (a blurred brain looks less atrophic), so only the demented stages are measured.
     config = run.config
-    idx = sample_disease(run.labels, config.faithfulness_images, config.seed, FAITHFULNESS_SALT)
+    idx = sample_disease(run.labels, config.faithfulness_images, config.seed, FAITHFULNESS_SALT, run.subjects)
     result = measure(run.logit_fn, run.inputs[idx], run.gradcam_for(idx), run.model_targets[idx],
-                     steps=config.faithfulness_steps, seed=config.seed, batch_size=max(config.batch_size, 64),
+                     fractions=config.faithfulness_fractions(), seed=config.seed, batch_size=max(config.batch_size, 64),
                      control_maps=control_maps(run, idx), scale_by_spread=True)
     controls = result["controls"]
     result["comparisons"] = {
@@ -90,7 +94,7 @@ def randomization(run) -> dict:
     from audit.quality.randomization import cascading_randomization
 
     config = run.config
-    idx = sample(run.labels, config.randomization_images, config.seed, RANDOMIZATION_SALT)
+    idx = sample(run.labels, config.randomization_images, config.seed, RANDOMIZATION_SALT, run.subjects)
     return cascading_randomization(
         run.model, run.explainer, run.inputs[idx], run.model_targets[idx], seed=config.seed,
         original_maps=run.gradcam_for(idx), control_explainers={"edge": lambda _m, x, _t: edge_maps(x)},

@@ -294,3 +294,22 @@ def test_the_plan_prices_ig_by_the_gates_scheme():
     assert ig_seconds(ig_tolerance=0.0) == pytest.approx(64 * 129 * 0.1)            # fixed: steps + 1
     assert ig_seconds(ig_steps=16) == pytest.approx(64 * 17 * 0.1)                  # never above fixed
     assert IG_ROWS_PER_IMAGE["graded"] <= 32.5 < IG_ROWS_PER_IMAGE["trapezoid"]
+
+
+def test_joined_results_equal_one_run_over_all_images(tanh_model):
+    """The gate's plan explains a few IG images to learn IG's cost; the IG stage adds the rest and joins
+    them: the same result, in the sample's order, as one run over every image."""
+    from audit.explain.ig import join_results
+
+    images = constant_images([4.0, 50.0, 120.0, 9.0, 30.0])
+    settings = dict(tolerance=1e-3, min_steps=8, max_steps=64, scheme="graded", panels=2)
+    whole = integrated_gradients(tanh_model, images, [0] * 5, **settings)
+    probe, rest = [3, 1], [0, 2, 4]
+    parts = [integrated_gradients(tanh_model, images[probe], [0, 0], **settings),
+             integrated_gradients(tanh_model, images[rest], [0, 0, 0], **settings)]
+    position = {j: i for i, j in enumerate(probe + rest)}
+    joined = join_results(parts, np.array([position[j] for j in range(5)]))
+    np.testing.assert_allclose(joined.attributions, whole.attributions, rtol=1e-6)
+    np.testing.assert_array_equal(joined.steps_used, whole.steps_used)
+    np.testing.assert_array_equal(joined.panel_steps, whole.panel_steps)
+    assert joined.gradient_evaluations == whole.gradient_evaluations and joined.scheme == "graded"

@@ -247,6 +247,44 @@ def test_stability_counts_prediction_flips():
     assert np.array_equal(again["ssim"]["0.05"].per_sample, res["ssim"]["0.05"].per_sample)  # seeded
 
 
+def test_stability_takes_the_noisy_predictions_from_the_explainers_own_pass():
+    """With ``explain_and_predict`` the noisy copies go through the model once (maps and predictions
+    together) and the clean predictions are the ones given: the same figures as the two-pass path."""
+    x = np.full((10, SIZE, SIZE, 1), 127.5, np.float32)
+    x[:, 0, 0, 0] += np.linspace(-0.3, 0.3, 10)
+    calls = []
+
+    def predict(batch):
+        calls.append(len(batch))
+        p = (np.asarray(batch).mean(axis=(1, 2, 3)) > 127.5).astype(np.float32)
+        return np.stack([1 - p, p], axis=1)
+
+    def explain_and_predict(model, batch, targets):
+        return sobel_explainer(model, batch, targets), (np.asarray(batch).mean(axis=(1, 2, 3)) > 127.5).astype(int)
+
+    two_pass = stability(None, sobel_explainer, x, sigmas=(0.05,), draws=4, predict_fn=predict)
+    assert sum(calls) == 10 + 40
+    calls.clear()
+    clean = predict(x).argmax(axis=1)
+    calls.clear()
+    one_pass = stability(None, sobel_explainer, x, sigmas=(0.05,), draws=4, predict_fn=predict,
+                         clean_predictions=clean, explain_and_predict=explain_and_predict)
+    assert calls == []  # no prediction pass at all
+    assert np.array_equal(one_pass["flip_rate"]["0.05"].per_sample, two_pass["flip_rate"]["0.05"].per_sample)
+    assert np.array_equal(one_pass["ssim"]["0.05"].per_sample, two_pass["ssim"]["0.05"].per_sample)
+    assert one_pass["flip_rate"]["0.05"].mean > 0  # the knife-edge decision does flip
+
+
+def test_cam_maps_and_predictions_come_from_one_pass(trained, data):
+    from audit.explain import gradcam
+    from audit.explain.gradcam import maps_and_predictions
+
+    x = data[0][:8]
+    maps, predicted = maps_and_predictions(trained, x, np.zeros(8, dtype=int))
+    assert np.allclose(maps, gradcam(trained, x, np.zeros(8, dtype=int)), atol=1e-6)
+    assert np.array_equal(predicted, trained.predict(x, verbose=0).argmax(axis=1))
+
+
 # ---------------------------------------------------------------------------------------- faithfulness
 
 REGION = (slice(4, 12), slice(4, 12))
@@ -294,6 +332,32 @@ def test_faithfulness_rewards_the_right_region(region_data):
     blurred = region_model(blurred_baseline(x, 6.0))[:, 1].mean()
     assert curves["insertion"][0] == pytest.approx(blurred) and curves["insertion_random"][0] == pytest.approx(blurred)
     assert good["deletion_gain"].higher_is_better and not good["deletion_auc"].higher_is_better
+
+
+def test_faithfulness_at_chosen_points_is_the_trapezoid_over_those_points(region_data):
+    """The gate's graded points are a subset of the equal-step grid: their AUCs are the trapezoid over the
+    same curve values at fewer points, for a fraction of the passes."""
+    from audit.quality.faithfulness import faithfulness_curves, summarize_curves
+
+    x, right, _, targets = region_data
+    seen = []
+
+    def predict(batch):
+        seen.append(len(batch))
+        return region_model(batch)
+
+    fine, fraction, names = faithfulness_curves(predict, x, right, targets, steps=20, blur_sigma=6.0)
+    seen.clear()
+    points = [0.05, 0.15, 0.35, 0.65]
+    coarse = faithfulness(predict, x, right, targets, fractions=[0.0, *points, 1.0], blur_sigma=6.0)
+    assert sum(seen) == 6 * (2 * 2 * len(points) + 2)  # heat + random pixels, del + ins, shared ends once
+    keep = [0, 1, 3, 7, 13, 20]
+    expected = summarize_curves(fine[..., keep], fraction[keep], names, set())
+    assert np.allclose(coarse["score"].per_sample, expected["score"].per_sample)
+    assert coarse["curves"]["fraction"] == pytest.approx([0.0, *points, 1.0], abs=1e-3)
+    for bad in ([0.2, 0.5, 1.0], [0.0, 0.5, 0.4, 1.0], [0.0, 1.0, 1.0]):
+        with pytest.raises(AlzAuditError, match="fractions"):
+            faithfulness(region_model, x, right, targets, fractions=bad)
 
 
 def test_faithfulness_of_constant_map_is_finite_and_near_random(region_data):
@@ -576,3 +640,30 @@ def test_agreement_inside_the_brain_ignores_brain_versus_background():
     whole = agreement(brain, ig_like)["spearman"].mean
     inside = agreement(brain, ig_like, region=brain)["spearman"].mean
     assert whole > 0.5 and abs(inside) < 0.35
+
+
+def test_the_subject_spread_sample_keeps_the_stage_quotas_and_covers_more_subjects():
+    from audit.sampling import sample, sample_disease, stratified_indices, subject_spread_indices
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2, 3], [90, 60, 60, 30])
+    # uneven subjects: some with 2 slices, some with 14
+    subjects = [f"{c}-{int(k)}" for c, k in zip(labels, rng.integers(0, 8, len(labels)) ** 2 // 4)]
+    for seed in range(5):
+        spread = subject_spread_indices(labels, subjects, 40, seed)
+        plain = stratified_indices(labels, 40, seed)
+        assert len(set(spread)) == 40
+        assert np.array_equal(np.bincount(labels[spread], minlength=4), np.bincount(labels[plain], minlength=4))
+        per_subject = np.unique([subjects[i] for i in spread], return_counts=True)[1]
+        # round-robin: no subject gets a second image before every subject of its stage has one
+        for c in range(4):
+            stage = [subjects[i] for i in spread if labels[i] == c]
+            available = {s for s, l in zip(subjects, labels) if l == c}
+            counts = np.unique(stage, return_counts=True)[1]
+            assert counts.max() - counts.min() <= 1 or len(set(stage)) == len(available)
+        assert len(per_subject) >= len({subjects[i] for i in plain})
+    assert np.array_equal(sample(labels, 40, 0, 3, subjects), sample(labels, 40, 0, 3, subjects))  # seeded
+    # unknown subjects are each their own unit; the demented-only sample stays demented
+    unknown = sample(labels, 40, 0, 3, [None] * len(labels))
+    assert len(set(unknown)) == 40
+    assert set(labels[sample_disease(labels, 30, 0, 3, subjects)]) <= {1, 2, 3}

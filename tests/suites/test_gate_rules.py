@@ -71,6 +71,16 @@ def test_a_value_rule_still_judges_the_value_and_keeps_the_controls_beside_it(tm
     assert "controls:" in record["message"]
 
 
+def equal_steps_cost(config, costs) -> float:
+    """The faithfulness stage's planned seconds at the 20 equal steps used before 2026-12-03."""
+    from dataclasses import replace
+
+    from audit.plan import plan_stages
+
+    plans = plan_stages(160, replace(config, faithfulness_steps=20), costs, n_sigmas=2)
+    return next(p.seconds for p in plans if p.stage == "faithfulness")
+
+
 def test_the_plan_scales_with_the_work_and_a_budget_shrinks_the_sampled_stages():
     from audit.plan import BUDGET_HEADROOM, MIN_IMAGES, UnitCosts, fit_budget, plan_stages
     from audit.runner import AuditConfig
@@ -78,8 +88,19 @@ def test_the_plan_scales_with_the_work_and_a_budget_shrinks_the_sampled_stages()
     costs = UnitCosts(forward=0.01, gradcam=0.012, ig_row=0.03)
     config = AuditConfig()
     plans = {p.stage: p for p in plan_stages(160, config, costs, n_sigmas=2)}
-    assert plans["predictions"].seconds == pytest.approx(1.6)
-    assert plans["faithfulness"].seconds == pytest.approx(64 * (5 * 2 * 19 + 2) * 0.01)  # shared curve ends once
+    # a CAM over every image: the predictions are its forward pass
+    assert "predictions" not in plans and plans["predictions + Grad-CAM"].seconds == pytest.approx(160 * 0.012)
+    # 4 inner points (config.faithfulness_points) per order and curve; the shared curve ends once
+    assert plans["faithfulness"].seconds == pytest.approx(64 * (5 * 2 * 4 + 2) * 0.01)
+    # the noisy copies' predictions come from the CAM's own pass; a reference explainer pays a pass more
+    assert plans["stability"].seconds == pytest.approx(64 * 2 * 5 * 0.012)
+    edge = {p.stage: p for p in plan_stages(160, AuditConfig(explainer="edge"), costs, n_sigmas=2)}
+    assert edge["stability"].seconds == pytest.approx(64 * 2 * 5 * (0.012 + 0.01))
+    assert edge["predictions"].seconds == pytest.approx(1.6) and edge["Grad-CAM"].seconds == pytest.approx(1.92)
+    # the gallery pays IG only for the examples outside the IG sample
+    reused = {p.stage: p for p in plan_stages(160, config, costs, n_sigmas=2, gallery=(16, 3))}
+    assert reused["gallery"].seconds == pytest.approx(16 * 0.012 + 3 * 32 * 0.03)
+    assert equal_steps_cost(config, costs) > 4 * plans["faithfulness"].seconds
     total = sum(p.seconds for p in plans.values())
     fitted = fit_budget(160, config, costs, 2, minutes=total / 60 / 3)
     new_total = sum(p.seconds for p in plan_stages(160, fitted, costs, 2))
@@ -128,3 +149,22 @@ def test_a_strong_check_or_a_small_bank_leaves_the_rule_failing(tmp_path, auroc,
         gate.check("explanations.faithfulness_score", 0.1, comparison=_comparison(-0.05, -0.1, 0.0))
     assert gate.checks["explanations.faithfulness_score"]["status"] == "FAIL"
     assert gate.checks["explanations.faithfulness_score"]["bank"]["demoted"] is False
+
+
+def test_faithfulness_points_are_read_checked_and_equal_steps_still_win_when_set(tmp_path):
+    from audit.runner import AuditConfig
+    from suites.thresholds import load_thresholds
+
+    default = AuditConfig.from_settings(load_thresholds().settings)
+    assert default.faithfulness_fractions() == (0.0, 0.1, 0.2, 0.4, 0.7, 1.0) == AuditConfig().faithfulness_fractions()
+    path = tmp_path / "t.toml"
+    path.write_text("[audit]\nfaithfulness_points = [0.1, 0.5]\n")
+    assert AuditConfig.from_settings(load_thresholds(path).settings).faithfulness_fractions() == (0.0, 0.1, 0.5, 1.0)
+    path.write_text("[audit]\nfaithfulness_steps = 4\nfaithfulness_points = [0.1, 0.5]\n")
+    assert AuditConfig.from_settings(load_thresholds(path).settings).faithfulness_fractions() == (0, 0.25, 0.5, 0.75, 1)
+    for text in ("faithfulness_points = [0.5, 0.1]", "faithfulness_points = [0.0, 0.5]", "faithfulness_points = []",
+                 "faithfulness_points = 0.5", 'faithfulness_points = ["0.5"]', "faithfulness_points = [0.5, 1.0]"):
+        path.write_text(f"[audit]\n{text}\n")
+        with pytest.raises(AlzAuditError, match="'audit.faithfulness_points' must be increasing fractions") as info:
+            load_thresholds(path)
+        assert "\n" not in str(info.value)
