@@ -46,6 +46,8 @@ class UnitCosts:
     image_controls: float = 0.0  # the four image-only control maps of one image (stability)
     similarity: float = 0.0     # randomization's four similarities of one map pair (model, edge control)
     trace: float = 0.0          # compiling a CAM step for a new model (randomization's clone, Grad-CAM++)
+    curve_point: float = 0.0    # building one perturbed image of a faithfulness curve (beside its forward pass)
+    ig_done: int = 0            # IG images the plan's probe already explained (the IG stage reuses them)
 
 
 @dataclass
@@ -115,8 +117,20 @@ def measure_costs(run, batch: int | None = None) -> UnitCosts:
     registration = (time.perf_counter() - started) / max(len(sample), 1)
     ssim_pair, image_controls, similarity = _map_work(run.gradcam_maps[: min(8, len(run.gradcam_maps))],
                                                       run.inputs[: min(8, len(run.inputs))])
+    curve_point = _curve_point(run.inputs[:1])
     return UnitCosts(forward, gradcam, ig_row, registration, ig_rows_per_image, ssim_pair, image_controls,
-                     similarity, trace)
+                     similarity, trace, curve_point, len(probe))
+
+
+def _curve_point(image: np.ndarray, points: int = 40) -> float:
+    """Seconds to build one perturbed image of a faithfulness curve (the stage's numpy work per pass)."""
+    rng = np.random.default_rng(0)
+    ranks = rng.permutation(image[0].size).reshape(image.shape[1:])
+    base = image[0] * 0.5
+    started = time.perf_counter()
+    moved = ranks[None] < np.linspace(0, ranks.size, points)[:, None, None, None]
+    np.where(moved, base[None], image[0][None])
+    return (time.perf_counter() - started) / points
 
 
 def _map_work(maps: np.ndarray, images: np.ndarray) -> tuple[float, float, float]:
@@ -175,9 +189,10 @@ def plan_stages(n_images: int, config, costs: UnitCosts, n_sigmas: int, *,
     return [
         *first,
         StagePlan("registration", n_images, "1 affine registration to MNI152", n_images * costs.registration),
-        StagePlan("Integrated Gradients", n_ig, f"~{rows:.0f} gradient rows", n_ig * rows * costs.ig_row),
+        StagePlan("Integrated Gradients", n_ig, f"~{rows:.0f} gradient rows",
+                  max(n_ig - costs.ig_done, 0) * rows * costs.ig_row),
         StagePlan("faithfulness", n_f, f"{curves} forward passes (5 orders x 2 curves x {inner} points + 2 ends)",
-                  n_f * curves * costs.forward),
+                  n_f * curves * (costs.forward + costs.curve_point)),
         StagePlan("stability", n_s, f"{noisy} noisy Grad-CAMs" + ("" if cam else " + predictions"),
                   n_s * noisy * per_noisy),
         StagePlan("randomization", n_r, f"~{RANDOMIZATION_STAGES} cascade stages of Grad-CAM",
@@ -234,8 +249,16 @@ class AuditPlan:
     text: str        # the console table
 
 
-def plan_audit(run) -> AuditPlan:
-    """Time one batch of each kind of work on ``run`` and fit ``budget_minutes`` if set.
+# Stages the plan itself runs before it prints, by their timing key in ``AuditRun.timings``.
+DONE_BEFORE_PLAN = {"predictions + Grad-CAM": "probs_gradcam", "predictions": "probs", "Grad-CAM": "gradcam"}
+
+
+def plan_audit(run, started: float | None = None) -> AuditPlan:
+    """Run the predictions and Grad-CAM, time a few images of the other kinds of work on ``run`` and fit
+    ``budget_minutes`` if set. Stages already run are entered at their measured time.
+
+    ``started`` (``time.perf_counter()`` when the gate began) adds the time spent before the plan — loading,
+    indexing, the plan's own timings — as a "setup (done)" stage, so the total is the whole gate's.
 
     Pure with respect to the run's configuration: returns a new config (``AuditRun.use_plan`` adopts it)."""
     from dataclasses import asdict
@@ -250,7 +273,13 @@ def plan_audit(run) -> AuditPlan:
     # The gallery reuses the IG sample's maps: its cost depends on the predictions (known by now) and the
     # IG sample of the config the run will use.
     shown, own_ig = gallery_indices(run, config)
-    plans = plan_stages(n, config, costs, n_sigmas, gallery=(len(shown), len(own_ig)))
+    plans = [replace(p, seconds=run.timings[DONE_BEFORE_PLAN[p.stage]])
+             if run.timings.get(DONE_BEFORE_PLAN.get(p.stage, "")) is not None else p
+             for p in plan_stages(n, config, costs, n_sigmas, gallery=(len(shown), len(own_ig)))]
+    if started is not None:
+        done = sum(run.timings.get(key, 0.0) for key in DONE_BEFORE_PLAN.values())
+        plans.insert(0, StagePlan("setup (done)", n, "loading, indexing, the plan's own timings",
+                                  max(0.0, time.perf_counter() - started - done)))
     record = {"budget_minutes": config.budget_minutes or None,
               "seconds_per_image": {k: round(v, 5) for k, v in asdict(costs).items() if k != "ig_rows_per_image"},
               "ig_rows_per_image": None if costs.ig_rows_per_image is None else round(costs.ig_rows_per_image, 1),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -61,6 +62,7 @@ def pytest_sessionstart(session):
     if config.option.collectonly or config.option.help:
         return
     opt = config.option
+    started = time.perf_counter()  # the plan's "setup (done)" line counts from here
     if not opt.model:
         _usage("alzaudit gate: --model is required (a .keras file)")
     from audit.plan import plan_audit
@@ -89,7 +91,7 @@ def pytest_sessionstart(session):
         run.split     # indexes/splits the data and checks the split exists
         if opt.baseline:
             run.with_baseline(opt.baseline, unsafe=opt.unsafe_load)
-        plan = plan_audit(run)
+        plan = plan_audit(run, started=started)
         run.use_plan(plan)
     except ParameterError as exc:  # the gate's options carry the library's parameter names
         _usage(exc.with_flag())
@@ -97,7 +99,8 @@ def pytest_sessionstart(session):
         _usage(str(exc))
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
-        reporter.write_line("alzaudit plan (one timed batch per kind of work):\n" + plan.text)
+        reporter.write_line("alzaudit plan (predictions and Grad-CAM done; the rest timed on a few images):\n"
+                            + plan.text)
     from suites.catalog import expected_check_ids
 
     device = opt.device if opt.device != "auto" else _device()
