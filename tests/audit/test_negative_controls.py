@@ -92,24 +92,14 @@ def test_maps_that_follow_the_brain_foreground_fail_localisation(pytester, cohor
 
 
 def test_a_weight_insensitive_explainer_fails_randomization(pytester, cohort, probes, tmp_path):
-    pytester.makeconftest("""
-        import audit.runner
-        from audit.quality.controls import edge_maps
-
-        def edge_explainer(self, model, x, targets=None):
-            return edge_maps(x)
-
-        def edge_gradcam(self, x, targets):
-            return edge_maps(x)
-
-        audit.runner.AuditRun.explainer = edge_explainer   # the maps of every randomised model
-        audit.runner.AuditRun.gradcam = edge_gradcam       # the trained model's maps
-    """)
+    """The audited explainer set to an edge map (``[audit] explainer = "edge"``, as the reference bank does):
+    the trained model's maps and every randomised copy's are the same image-only maps."""
     out = tmp_path / "edge"
     thresholds = tmp_path / "edge.toml"
-    thresholds.write_text(DEFAULT_THRESHOLDS.read_text().split("[audit]")[0] + AUDIT)
+    thresholds.write_text(DEFAULT_THRESHOLDS.read_text().split("[audit]")[0]
+                          + AUDIT.replace("[audit]\n", '[audit]\nexplainer = "edge"\n', 1))
     pytester.runpytest_subprocess(
-        str(SUITES_DIR), "-p", "conftest", "--model", str(probes["untrained"]), "--data", str(cohort),
+        str(SUITES_DIR), "--model", str(probes["untrained"]), "--data", str(cohort),
         "--audit-out", str(out), "--thresholds", str(thresholds), "-k", "learned_weights", "-q",
         "-p", "no:cacheprovider", f"--rootdir={pytester.path}")
     document = json.loads((out / "audit.json").read_text())
