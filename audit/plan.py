@@ -19,15 +19,15 @@ FAITHFULNESS_ORDERS = 5  # Grad-CAM + four control maps, each a deletion and an 
 # Adaptive IG's gradient rows per image at the gate's settings (tolerance 0.05, min_steps 16, at most 128,
 # 4 panels; Clenshaw–Curtis 1 panel), by scheme: the largest mean over five demo-recipe models
 # (docs/ig_measurements.md; graded 23.1–30.1, trapezoid 27.5–42.2, Clenshaw–Curtis 37–49), rounded up.
-# Fixed steps: steps + 1. Used only when no probe was run: the plan runs adaptive IG on IG_PROBE_IMAGES of
-# the IG sample and counts (a random-weight ResNet50 needs 17.5 rows, a demo model 23).
+# Fixed steps: steps + 1. A fallback only: the plan runs adaptive IG on IG_PROBE_IMAGES of the IG sample and
+# counts this model's rows (from 8 intervals: ~12 on a random-weight ResNet50, 21-26 on demo models).
 IG_ROWS_PER_IMAGE = {"graded": 32, "trapezoid": 44, "clenshaw-curtis": 50}
 IG_PROBE_IMAGES = 4
 RANDOMIZATION_STAGES = 6
 THROUGHPUT_ROUNDS = 3    # the gate's throughput checks: timed batches per figure, after one warm-up
-# A budget is planned to this share of its minutes: one timed batch leaves out the work around the model
-# (SSIM, control maps, re-initialising layers, bootstraps) and varies by ~5% from batch to batch. Measured
-# on a random-weight ResNet50 at 224² (docs/measurements.md): the whole gate took 0.90-1.05x its plan.
+# A budget is planned to this share of its minutes: the unit costs come from a few images and vary by ~5%
+# from run to run, and the data checks (leakage) are not planned. Measured on a random-weight ResNet50 at
+# 224² (docs/measurements.md, 2026-12-03): the whole gate took 1.08x its plan.
 BUDGET_HEADROOM = 0.9
 
 
@@ -62,9 +62,13 @@ class StagePlan:
 
 
 def measure_costs(run, batch: int | None = None) -> UnitCosts:
-    """Seconds per image of predictions and Grad-CAM (from the two stages themselves, which every figure needs
-    and which therefore run first), of an IG row (one warm timed batch on the run's own images) and of the
-    registration of a few of its slices to MNI152."""
+    """The unit costs of the plan, measured on the run's own model and images.
+
+    Predictions and Grad-CAM run first (every later figure needs them; with a CAM explainer they are one
+    pass), then: a plain forward pass and a compiled Grad-CAM on 16 images (the stage's extra time is the
+    step's tracing); adaptive IG on ``IG_PROBE_IMAGES`` of the IG sample (its rows per image and cost per row;
+    kept in ``run.ig_probe`` for the IG stage); the registration of 8 slices; SSIM, control maps and
+    similarities on 8 maps; building the perturbed images of a faithfulness curve."""
     from audit.explain.ig import ig_function
 
     n = min(len(run.inputs), batch or run.config.batch_size)

@@ -142,7 +142,6 @@ def faithfulness_curves(predict_fn: Callable[[np.ndarray], np.ndarray], images: 
     for name in controls:
         orders.insert(1 + names.index(name), np.lexsort((tie_break, -controls[name].reshape(n, n_px)), axis=-1))
     ranks = np.stack([_ranks(o) for o in orders], axis=1)  # (n, orders, P)
-    n_orders = ranks.shape[1]
     counts = np.round(fractions * n_px).astype(np.int64)
     fraction = counts / n_px
     base = blurred_baseline(x, blur_sigma)
