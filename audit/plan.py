@@ -14,6 +14,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from audit.explain.gradcam import METHODS as CAM_METHODS
+
 MIN_IMAGES = 16          # below this the skill CIs are too wide to say anything
 FAITHFULNESS_ORDERS = 5  # Grad-CAM + four control maps, each a deletion and an insertion curve
 # Adaptive IG's gradient rows per image at the gate's settings (tolerance 0.05, min_steps 16, at most 128,
@@ -141,7 +143,7 @@ def _map_work(maps: np.ndarray, images: np.ndarray) -> tuple[float, float, float
     """Seconds per SSIM pair, per image's four image-only control maps and per randomization similarity."""
     from audit.quality.base import ssim_pairs
     from audit.quality.controls import image_only_explainers
-    from audit.quality.randomization import _similarity
+    from audit.quality.randomization import map_similarities
 
     k = max(len(maps), 1)
     shifted = np.roll(maps, 1, axis=0)
@@ -153,7 +155,7 @@ def _map_work(maps: np.ndarray, images: np.ndarray) -> tuple[float, float, float
         control(images)
     image_controls = (time.perf_counter() - started) / k
     started = time.perf_counter()
-    _similarity(maps, shifted, maps, shifted)
+    map_similarities(maps, shifted, maps, shifted)
     return ssim_pair, image_controls, (time.perf_counter() - started) / k
 
 
@@ -178,7 +180,7 @@ def plan_stages(n_images: int, config, costs: UnitCosts, n_sigmas: int, *,
     noisy = n_sigmas * config.stability_draws
     # A CAM's forward pass also gives the noisy copies' predictions; a reference explainer needs a pass more.
     # Each noisy copy also gets the four image-only control maps and five SSIMs (the model's, the controls').
-    cam = config.explainer in ("gradcam", "gradcam++")
+    cam = config.explainer in CAM_METHODS
     per_noisy = costs.gradcam + (0.0 if cam else costs.forward) + 5 * costs.ssim_pair + costs.image_controls
     shown = min(n_images, 2 * config.gallery_per_class * 4) if gallery is None else gallery[0]
     own_ig = shown if gallery is None else gallery[1]

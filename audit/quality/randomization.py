@@ -236,7 +236,7 @@ def hog_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 SIMILARITIES = ("spearman", "spearman_signed", "ssim", "hog")
 
 
-def _similarity(original: np.ndarray, maps: np.ndarray, original_signed: np.ndarray,
+def map_similarities(original: np.ndarray, maps: np.ndarray, original_signed: np.ndarray,
                 signed: np.ndarray) -> dict[str, MetricResult]:
     """Adebayo et al.'s four similarities: Spearman of |maps| and of signed maps, SSIM and HOG."""
     cites = [CITES["adebayo2018"], CITES["arun2021"]]
@@ -294,12 +294,12 @@ def _run(model: Any, explainer: Explainer, images: np.ndarray, targets: np.ndarr
             reinitialize([lay for g in stage for lay in g.layers], np.random.default_rng([seed, i]))
             maps, signed = _explain(explainer, work, x, tgt)
             label = _stage_label(stage)
-            result["stages"][label] = {**_similarity(original, maps, original_signed, signed), "layers": paths}
+            result["stages"][label] = {**map_similarities(original, maps, original_signed, signed), "layers": paths}
             result["order"].append(label)
             for name, fn in controls.items():  # weight-insensitive controls through the same cascade
                 c_maps, c_signed = _explain(fn, work, x, tgt)
                 c_orig, c_orig_signed = control_original[name]
-                result["controls"][name][label] = _similarity(c_orig, c_maps, c_orig_signed, c_signed)
+                result["controls"][name][label] = map_similarities(c_orig, c_maps, c_orig_signed, c_signed)
     finally:
         if not cloned:
             model.set_weights(snapshot)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from audit.explain.gradcam import METHODS as CAM_METHODS
 from audit.sampling import GALLERY_SALT, IG_SALT, sample
 from model.classes import CLASSES
 from model.errors import ParameterError
@@ -14,7 +15,7 @@ from model.errors import ParameterError
 
 # The explainer the gate audits. "edge" and "centre" are reference explainers that ignore the model (a
 # Sobel edge map, a centre prior): a gate with teeth must FAIL them, which is how its bank calibrates it.
-EXPLAINERS = ("gradcam", "gradcam++", "edge", "centre")
+EXPLAINERS = (*CAM_METHODS, "edge", "centre")
 
 
 def audited_maps(run, model, x: np.ndarray, targets) -> np.ndarray:
@@ -27,20 +28,18 @@ def audited_maps(run, model, x: np.ndarray, targets) -> np.ndarray:
         return edge_maps(x)
     if name == "centre":
         return centre_prior_maps(np.asarray(x).shape[:3])
-    if name not in ("gradcam", "gradcam++"):
+    if name not in CAM_METHODS:
         raise ParameterError("explainer", f"unknown explainer '{name}' (choose {', '.join(EXPLAINERS)})")
     method = gradcam if name == "gradcam" else gradcam_plus_plus
     return method(model, x, targets, layer=run.layer, batch_size=run.config.batch_size,
                   strategy=run.strategy if model is run.model else None)
 
 
-def audited_maps_and_predictions(run, model, x: np.ndarray, targets) -> tuple[np.ndarray, np.ndarray] | None:
-    """``(maps, predicted model-order classes)`` from one pass when the audited explainer is a CAM; None for
-    the reference explainers (their maps see no model: the predictions need a pass of their own)."""
+def audited_maps_and_predictions(run, model, x: np.ndarray, targets) -> tuple[np.ndarray, np.ndarray]:
+    """``(maps, predicted model-order classes)`` from one pass, for a CAM explainer (``CAM_METHODS``; the
+    reference explainers see no model: their predictions need a pass of their own)."""
     from audit.explain.gradcam import maps_and_predictions
 
-    if run.config.explainer not in ("gradcam", "gradcam++"):
-        return None
     return maps_and_predictions(model, x, targets, method=run.config.explainer, layer=run.layer,
                                 batch_size=run.config.batch_size,
                                 strategy=run.strategy if model is run.model else None)
@@ -48,7 +47,7 @@ def audited_maps_and_predictions(run, model, x: np.ndarray, targets) -> tuple[np
 
 def one_pass_predictions(run) -> bool:
     """True when the predictions can come from the Grad-CAM pass: a CAM explainer over every image."""
-    return run.config.explainer in ("gradcam", "gradcam++") and len(run.gradcam_indices) == len(run.inputs)
+    return run.config.explainer in CAM_METHODS and len(run.gradcam_indices) == len(run.inputs)
 
 
 def maps_and_probabilities(run) -> tuple[np.ndarray, np.ndarray]:
@@ -124,21 +123,20 @@ def gallery(run) -> list[dict]:
     from audit.explain import gradcam_plus_plus
     from audit.explain import integrated_gradients as ig
 
-    chosen, _ = gallery_indices(run, run.config)
+    chosen, own_ig = gallery_indices(run, run.config)
     if not chosen:
         return []
-    explained = {int(j): row for row, j in enumerate(run.ig_indices)}
     idx = np.array([i for i, _ in chosen])
     x, targets = run.inputs[idx], run.model_targets[idx]
     cam = run.gradcam_for(idx)
     campp = gradcam_plus_plus(run.model, x, targets, layer=run.layer, batch_size=run.config.batch_size,
                               strategy=run.strategy)
     ig_maps = np.empty(cam.shape, dtype=np.float32)
-    reused = [row for row, i in enumerate(idx) if int(i) in explained]
-    if reused:
-        ig_maps[reused] = run.ig.heatmaps[[explained[int(idx[row])] for row in reused]]
-    missing = [row for row, i in enumerate(idx) if int(i) not in explained]
-    if missing:
+    missing = np.isin(idx, own_ig)
+    if not missing.all():
+        row_of = {int(j): row for row, j in enumerate(run.ig_indices)}
+        ig_maps[~missing] = run.ig.heatmaps[[row_of[int(i)] for i in idx[~missing]]]
+    if missing.any():
         ig_maps[missing] = ig(run.model, x[missing], targets[missing], **run.ig_settings).heatmaps
     return [{"index": i, "correct": correct, "true": CLASSES[run.labels[i]], "predicted": CLASSES[run.predicted[i]],
              "probability": float(run.probs[i, run.predicted[i]]), "path": str(run.split.samples[i].path),

@@ -51,7 +51,7 @@ def stability(run) -> dict:
     """SSIM of Grad-CAM under input noise and the prediction flip rate, beside image-only controls."""
     from audit.quality.controls import image_only_explainers
     from audit.quality.stability import stability as measure
-    from audit.stages.explanations import audited_maps_and_predictions
+    from audit.stages.explanations import CAM_METHODS, audited_maps_and_predictions
 
     config = run.config
     idx = sample(run.labels, config.stability_images, config.seed, STABILITY_SALT, run.subjects)
@@ -60,8 +60,8 @@ def stability(run) -> dict:
                      predict_fn=run.predict_fn, intensity_range=run.contract.input_scale,
                      batch_size=max(config.batch_size, 64), control_explainers=image_only_explainers(config.seed),
                      clean_predictions=run.model_targets[idx],
-                     explain_and_predict=(None if config.explainer not in ("gradcam", "gradcam++") else
-                                          lambda model, x, t: audited_maps_and_predictions(run, model, x, t)))
+                     explain_and_predict=((lambda model, x, t: audited_maps_and_predictions(run, model, x, t))
+                                          if config.explainer in CAM_METHODS else None))
     result["comparisons"] = {key: compare(run, ssim, result["controls"][key], idx, higher_is_better=True)
                              for key, ssim in result["ssim"].items()}
     result["indices"] = idx
