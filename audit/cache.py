@@ -66,3 +66,43 @@ class ArrayCache:
             with open(tmp, "wb") as handle:
                 np.save(handle, value)
         return value
+
+
+def user_cache_dir() -> Path | None:
+    """Where per-machine results that depend only on the software live: ``$ALZAUDIT_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/alzaudit``, else ``~/.cache/alzaudit``; ``ALZAUDIT_CACHE_DIR=""`` turns it off."""
+    import os
+
+    chosen = os.environ.get("ALZAUDIT_CACHE_DIR")
+    if chosen is not None:
+        return Path(chosen) if chosen.strip() else None
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "alzaudit"
+
+
+def cached_arrays(name: str, compute: Callable[[], dict[str, np.ndarray]], *key_parts) -> dict[str, np.ndarray]:
+    """``compute()`` (a dict of arrays) once per machine and software: kept as ``<name>-<key>.npz`` in
+    ``user_cache_dir()``, keyed by ``key_parts`` and ``software_fingerprint()``. Loaded without pickle; an
+    unreadable or unwritable cache only costs the computation, never the run."""
+    import zipfile
+
+    folder = user_cache_dir()
+    if folder is None:
+        return compute()
+    parts = (*key_parts, *software_fingerprint())
+    path = folder / f"{name}-{hashlib.sha256('|'.join(map(str, parts)).encode()).hexdigest()[:16]}.npz"
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as saved:
+                return {key: saved[key] for key in saved.files}
+        except (OSError, ValueError, zipfile.BadZipFile):
+            pass  # damaged: recompute and overwrite
+    value = compute()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as handle:
+                np.savez(handle, **value)
+    except OSError:
+        pass
+    return value

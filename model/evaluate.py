@@ -176,10 +176,6 @@ def bootstrap_ci(y_true: np.ndarray, probs: np.ndarray, subjects: list[str | Non
     Resamples subjects (cluster bootstrap) when every sample has a subject ID, else slices. With fewer
     than two subjects (or slices) every resample is the same data: the intervals are None, not [x, x].
     """
-    import warnings
-
-    from sklearn.metrics import balanced_accuracy_score, f1_score
-
     rng = np.random.default_rng(seed)
     y_pred = probs.argmax(axis=1) if len(y_true) else np.zeros(0, dtype=int)
     by_subject = all(subjects)
@@ -196,21 +192,41 @@ def bootstrap_ci(y_true: np.ndarray, probs: np.ndarray, subjects: list[str | Non
         reason = (f"{len(clusters)} {unit}{'' if len(clusters) == 1 else 's'} in the evaluated split; "
                   "a bootstrap interval needs at least 2")
         return {**{k: None for k in CI_METRICS}, **_not_estimable(reason)}, method
-    stats: dict[str, list[float]] = {k: [] for k in CI_METRICS}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
-        warnings.filterwarnings("ignore", message="A single label was found")
-        for _ in range(n_resamples):
-            picks = rng.integers(0, len(clusters), len(clusters))
-            idx = np.concatenate([clusters[p] for p in picks])
-            yt, yp = y_true[idx], y_pred[idx]
-            stats["accuracy"].append(float(np.mean(yt == yp)))
-            stats["balanced_accuracy"].append(float(balanced_accuracy_score(yt, yp)))
-            stats["macro_f1"].append(float(f1_score(yt, yp, labels=np.unique(yt), average="macro", zero_division=0)))
+    n_classes = int(max(probs.shape[1], y_true.max() + 1, y_pred.max() + 1))
+    stats = _resampled_figures(np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64), clusters, n_resamples,
+                               rng, n_classes)
     alpha = (1 - level) / 2  # percentile interval
     ci: dict = {k: [float(np.quantile(v, alpha)), float(np.quantile(v, 1 - alpha))] for k, v in stats.items()}
     ci["estimable"] = True
     return ci, method
+
+
+def _resampled_figures(y_true: np.ndarray, y_pred: np.ndarray, clusters: list[np.ndarray], n_resamples: int,
+                       rng: np.random.Generator, n_classes: int) -> dict[str, np.ndarray]:
+    """Accuracy, balanced accuracy and macro-F1 of every cluster resample, from confusion counts.
+
+    Each cluster's confusion matrix is counted once; a resample's matrix is the sum over the clusters it
+    drew (a matrix product over all resamples), so 1,000 resamples cost one product instead of 2,000
+    scikit-learn calls. Same definitions as scikit-learn (tested against it): balanced accuracy = mean
+    recall over the classes present in the resample's truth; macro-F1 = mean 2 TP / (2 TP + FP + FN)
+    over those classes (``labels=np.unique(y_true)``, ``zero_division=0``).
+    """
+    k = n_classes
+    per_cluster = np.stack([np.bincount(y_true[c] * k + y_pred[c], minlength=k * k) for c in clusters])
+    draws = np.zeros((n_resamples, len(clusters)))
+    for r in range(n_resamples):  # one call per resample: the same random stream as the gate always drew
+        draws[r] = np.bincount(rng.integers(0, len(clusters), len(clusters)), minlength=len(clusters))
+    confusion = (draws @ per_cluster).reshape(n_resamples, k, k)
+    tp = np.diagonal(confusion, axis1=1, axis2=2)
+    support, predicted = confusion.sum(axis=2), confusion.sum(axis=1)
+    present = support > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = np.where(present, tp / np.where(present, support, 1), 0.0)
+        f1 = np.where(present, 2 * tp / np.where(present, support + predicted, 1), 0.0)
+    n_present = present.sum(axis=1)
+    return {"accuracy": tp.sum(axis=1) / confusion.sum(axis=(1, 2)),
+            "balanced_accuracy": recall.sum(axis=1) / n_present,
+            "macro_f1": f1.sum(axis=1) / n_present}
 
 
 def subject_accuracy(y_true: np.ndarray, probs: np.ndarray, subjects: list[str | None]) -> float | None:

@@ -5,6 +5,10 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+# The per-machine cache (audit.cache.user_cache_dir) of a test session lives and dies with it.
+import tempfile  # noqa: E402
+
+os.environ.setdefault("ALZAUDIT_CACHE_DIR", tempfile.mkdtemp(prefix="alzaudit-test-cache-"))
 
 from pathlib import Path
 

@@ -18,7 +18,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from audit.anatomy.registration import PRIOR_Z_MM, SliceRegistration
-from audit.anatomy.template import load_volumes, to_planes, ventricle_distance
+from audit.anatomy.template import load_volumes, template_version, to_planes, ventricle_distance
 from model.errors import ParameterError
 
 REGIONS = ("periventricular", "cortical_ribbon", "medial_temporal")
@@ -54,7 +54,20 @@ class PriorPlanes:
 
 @functools.lru_cache(maxsize=1)
 def load_prior() -> PriorPlanes:
-    """Derive the region maps from the template once per process (a few seconds)."""
+    """The region maps, derived from the template once per machine and software (a few seconds) and kept
+    in the user cache (``audit.cache.cached_arrays``)."""
+    from audit.cache import cached_arrays
+
+    flat = cached_arrays("mni152-prior", _prior_arrays, template_version())
+    return PriorPlanes(z_mm=flat["z_mm"], brain=flat["brain"], regions={name: flat[name] for name in REGIONS})
+
+
+def _prior_arrays() -> dict[str, np.ndarray]:
+    prior = _build_prior()
+    return {"z_mm": prior.z_mm, "brain": prior.brain, **prior.regions}
+
+
+def _build_prior() -> PriorPlanes:
     v = load_volumes()
     brain = v.t1 > 0.05
     csf = np.clip(1.0 - v.gm - v.wm, 0.0, 1.0) * brain

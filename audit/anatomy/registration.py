@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 from scipy import ndimage as ndi
 
-from audit.anatomy.template import load_volumes, to_planes, ventricle_distance
+from audit.anatomy.template import load_volumes, template_version, to_planes, ventricle_distance
 from model.errors import ParameterError
 from model.progress import progress_bar
 
@@ -78,9 +78,29 @@ class TemplateAtlas:
         return round(z_mm) - int(self.z_mm[0])
 
 
+_ATLAS_ARRAYS = ("z_mm", "t1", "brain", "t1_2", "brain_2", "match_2", "eval_2", "centre_2", "axes_2")
+_FRAMES = ("axes", "upright")
+
+
 @functools.lru_cache(maxsize=1)
 def load_atlas() -> TemplateAtlas:
-    """Prepare (once per process) the planes and tables the registration compares images with."""
+    """The planes and tables the registration compares images with: built once per machine and software
+    (a few seconds of 3-D distance transforms) and kept in the user cache (``audit.cache.cached_arrays``)."""
+    from audit.cache import cached_arrays
+
+    flat = cached_arrays("mni152-atlas", lambda: _atlas_arrays(_build_atlas()), template_version())
+    canon = {frame: (flat[f"canon_{frame}_values"], flat[f"canon_{frame}_masks"]) for frame in _FRAMES}
+    return TemplateAtlas(**{name: flat[name] for name in _ATLAS_ARRAYS}, canon=canon)
+
+
+def _atlas_arrays(atlas: TemplateAtlas) -> dict[str, np.ndarray]:
+    flat = {name: getattr(atlas, name) for name in _ATLAS_ARRAYS}
+    for frame in _FRAMES:
+        flat[f"canon_{frame}_values"], flat[f"canon_{frame}_masks"] = atlas.canon[frame]
+    return flat
+
+
+def _build_atlas() -> TemplateAtlas:
     volumes = load_volumes()
     z = volumes.z_mm
     keep = (z >= SEARCH_Z_MM[0]) & (z <= SEARCH_Z_MM[1])
@@ -101,7 +121,7 @@ def load_atlas() -> TemplateAtlas:
     centres, axes = zip(*(_moments(b) for b in brain_2))
     centre_2, axes_2 = np.array(centres), np.array(axes)
     canon = {}
-    for frame in ("axes", "upright"):
+    for frame in _FRAMES:
         values, masks = [], []
         for k in range(len(t1_2)):
             m = axes_2[k] if frame == "axes" else _upright(axes_2[k])

@@ -56,6 +56,13 @@ def load_volumes() -> Volumes:
                    wm=np.ascontiguousarray(wm[box]), origin=np.array(lo) - _MNI_ORIGIN_VOX)
 
 
+def template_version() -> str:
+    """What the template's arrays derive from, for cache keys: nilearn's MNI152 files change only with it."""
+    from importlib.metadata import version
+
+    return f"nilearn-{version('nilearn')}"
+
+
 def to_planes(volume: np.ndarray) -> np.ndarray:
     """``[x, y, z]`` voxels -> ``[z, row, col]`` planes with anterior at the top (rows run posterior)."""
     return np.ascontiguousarray(np.transpose(volume, (2, 1, 0))[:, ::-1, :], dtype=np.float32)

@@ -119,11 +119,15 @@ def as_maps(maps: Any, what: str = "maps") -> np.ndarray:
 
 def normalize_maps(maps: np.ndarray) -> np.ndarray:
     """Min-max scale each map to [0, 1]; NaN/inf become 0 and a constant map becomes all zeros."""
-    arr = np.nan_to_num(as_maps(maps), nan=0.0, posinf=0.0, neginf=0.0)
+    arr = as_maps(maps)
+    finite = np.isfinite(arr)
+    if not finite.all():  # rare: one pass to check is far cheaper than nan_to_num's copies on every call
+        arr = np.where(finite, arr, np.float32(0.0))
     lo = arr.min(axis=(1, 2), keepdims=True)
     span = arr.max(axis=(1, 2), keepdims=True) - lo
-    safe = np.where(span > 0, span, 1.0)
-    return np.where(span > 0, (arr - lo) / safe, 0.0).astype(np.float32)
+    out = arr - lo  # a new float32 array; a constant map is already all zeros here
+    out /= np.where(span > 0, span, np.float32(1.0))
+    return out
 
 
 def _win_size(h: int, w: int) -> int:

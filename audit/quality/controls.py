@@ -10,6 +10,7 @@ image's index, so the same image gets the same random control in every figure of
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Callable
 
 import numpy as np
@@ -34,10 +35,32 @@ def random_smooth_maps(shape: tuple[int, int, int], seed: int, keys: np.ndarray 
     """
     n, h, w = shape
     keys = np.arange(n) if keys is None else np.asarray(keys).reshape(n)
+    if not n:
+        return np.zeros((0, h, w), np.float32)
+    return np.stack([_random_smooth_map(int(seed), int(k), h, w) for k in keys])
+
+
+_RANDOM_MAPS: OrderedDict = OrderedDict()  # (seed, key, h, w) -> map, least recently used first
+_RANDOM_MAPS_BYTES = 256 * 2**20
+
+
+def _random_smooth_map(seed: int, key: int, h: int, w: int) -> np.ndarray:
+    """One image's random control, read-only and memoised (up to 256 MiB): a run asks for the same
+    images' maps in every figure (localisation, agreement, faithfulness, stability), so each is smoothed
+    once."""
+    cache_key = (seed, key, h, w)
+    smooth = _RANDOM_MAPS.get(cache_key)
+    if smooth is not None:
+        _RANDOM_MAPS.move_to_end(cache_key)
+        return smooth
     sigma = max(h, w) / 16.0
-    noise = np.stack([np.random.default_rng([int(seed), 7, int(k)]).standard_normal((h, w)) for k in keys]) \
-        if n else np.zeros((0, h, w))
-    return normalize_maps(gaussian_filter(noise, sigma=(0, sigma, sigma), mode="reflect"))
+    noise = np.random.default_rng([seed, 7, key]).standard_normal((h, w))
+    smooth = normalize_maps(gaussian_filter(noise, sigma=sigma, mode="reflect"))[0]
+    smooth.flags.writeable = False
+    _RANDOM_MAPS[cache_key] = smooth
+    while len(_RANDOM_MAPS) * smooth.nbytes > _RANDOM_MAPS_BYTES:
+        _RANDOM_MAPS.popitem(last=False)
+    return smooth
 
 
 def foreground_masks(images: np.ndarray) -> np.ndarray:

@@ -161,3 +161,43 @@ def test_terminal_report_prints_absent_stages_plainly():
     text = console.file.getvalue()
     assert "None" not in text and "nan" not in text
     assert "no MildDemented images in the evaluated split" in text and "CI not estimable" in text
+
+
+def _bootstrap_with_sklearn(y_true, probs, subjects, n_resamples, seed):
+    """The reference: one scikit-learn call per resample and figure (what bootstrap_ci computed before)."""
+    import warnings
+
+    from sklearn.metrics import balanced_accuracy_score, f1_score
+
+    rng = np.random.default_rng(seed)
+    y_pred = probs.argmax(axis=1)
+    groups: dict = {}
+    for i, s in enumerate(subjects):
+        groups.setdefault(s, []).append(i)
+    clusters = [np.array(v) for v in groups.values()]
+    stats: dict = {"accuracy": [], "balanced_accuracy": [], "macro_f1": []}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(n_resamples):
+            idx = np.concatenate([clusters[p] for p in rng.integers(0, len(clusters), len(clusters))])
+            yt, yp = y_true[idx], y_pred[idx]
+            stats["accuracy"].append(float(np.mean(yt == yp)))
+            stats["balanced_accuracy"].append(float(balanced_accuracy_score(yt, yp)))
+            stats["macro_f1"].append(float(f1_score(yt, yp, labels=np.unique(yt), average="macro", zero_division=0)))
+    return {k: [float(np.quantile(v, 0.025)), float(np.quantile(v, 0.975))] for k, v in stats.items()}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_bootstrap_ci_matches_scikit_learn(seed):
+    """The confusion-count bootstrap gives scikit-learn's figures on every resample: classes missing from
+    some resamples, a class never predicted, a class predicted but never true."""
+    rng = np.random.default_rng(seed)
+    n = 90
+    subjects = [f"s{i // 3}" for i in range(n)]  # 30 subjects of 3 slices
+    y = rng.choice([0, 1, 3], size=n, p=[0.5, 0.4, 0.1])  # class 2 never true
+    probs = rng.dirichlet(np.ones(4), size=n)
+    probs[y == 0, 0] += 0.6 * (rng.random((y == 0).sum()) < 0.7)  # mostly right on class 0
+    ci, _ = bootstrap_ci(y, probs, subjects, n_resamples=300, seed=seed)
+    reference = _bootstrap_with_sklearn(y, probs, subjects, 300, seed)
+    for key, (lo, hi) in reference.items():
+        assert ci[key] == pytest.approx([lo, hi], abs=1e-12), key
