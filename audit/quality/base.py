@@ -160,14 +160,22 @@ def spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     Vectorised over rows with ``scipy.stats.rankdata``. Undefined correlations get a value instead of
     NaN: two constant maps are identical (1.0); a constant map against a varying one shares no ordering (0.0).
     """
+    return spearman_from_ranks(centred_ranks(a), centred_ranks(b))
+
+
+def centred_ranks(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(each row's average ranks minus their mean, each row's norm): one side of ``spearman_rows``, kept by
+    a caller that compares the same maps with many others (the randomisation cascade)."""
     from scipy.stats import rankdata
 
-    a = np.asarray(a, dtype=np.float64).reshape(len(a), -1)
-    b = np.asarray(b, dtype=np.float64).reshape(len(b), -1)
-    ra, rb = rankdata(a, axis=1), rankdata(b, axis=1)
-    ra -= ra.mean(axis=1, keepdims=True)
-    rb -= rb.mean(axis=1, keepdims=True)
-    na, nb = np.sqrt((ra ** 2).sum(axis=1)), np.sqrt((rb ** 2).sum(axis=1))
+    ranks = rankdata(np.asarray(maps, dtype=np.float64).reshape(len(maps), -1), axis=1)
+    ranks -= ranks.mean(axis=1, keepdims=True)
+    return ranks, np.sqrt((ranks ** 2).sum(axis=1))
+
+
+def spearman_from_ranks(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """``spearman_rows`` from both sides' ``centred_ranks``."""
+    (ra, na), (rb, nb) = a, b
     const_a, const_b = na == 0, nb == 0
     denom = np.where(const_a | const_b, 1.0, na * nb)
     rho = np.clip((ra * rb).sum(axis=1) / denom, -1.0, 1.0)

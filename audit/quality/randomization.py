@@ -13,7 +13,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from audit.quality.base import CITES, MetricResult, as_images, as_maps, normalize_maps, spearman_rows, ssim_pairs
+from audit.quality.base import (CITES, MetricResult, as_images, as_maps, centred_ranks, normalize_maps,
+                                spearman_from_ranks, ssim_pairs)
 from model.errors import AlzAuditError
 
 Explainer = Callable[..., np.ndarray]
@@ -211,20 +212,27 @@ def reinitialize(layers: list[Any], rng: np.random.Generator) -> None:
             var.assign(np.asarray(value).astype(str(var.dtype)))
 
 
-def hog_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def hog_descriptors(maps: np.ndarray) -> list[np.ndarray]:
+    """Each map's HOG descriptor (9 orientations, cells of a sixteenth of the side, 2x2 blocks)."""
+    from skimage.feature import hog
+
+    maps = as_maps(maps)
+    cell = max(2, min(maps.shape[1:]) // 16)
+    return [hog(m, orientations=9, pixels_per_cell=(cell, cell), cells_per_block=(2, 2), feature_vector=True)
+            for m in maps]
+
+
+def hog_similarity(a: np.ndarray, b: np.ndarray, a_descriptors: list[np.ndarray] | None = None) -> np.ndarray:
     """Pearson correlation of the HOG descriptors of each pair of maps (Adebayo et al. 2018), shape (N,).
 
     HOG compares the maps' edge structure rather than their pixel ranks; two constant maps are
-    identical (1.0), a constant against a varying map shares nothing (0.0).
+    identical (1.0), a constant against a varying map shares nothing (0.0). ``a_descriptors``:
+    ``hog_descriptors(a)`` when the caller already has them.
     """
-    from skimage.feature import hog
-
-    a, b = as_maps(a), as_maps(b)
-    cell = max(2, min(a.shape[1:]) // 16)
-    out = np.empty(len(a), dtype=np.float64)
-    for i, (x, y) in enumerate(zip(a, b)):
-        ha = hog(x, orientations=9, pixels_per_cell=(cell, cell), cells_per_block=(2, 2), feature_vector=True)
-        hb = hog(y, orientations=9, pixels_per_cell=(cell, cell), cells_per_block=(2, 2), feature_vector=True)
+    first = hog_descriptors(a) if a_descriptors is None else a_descriptors
+    second = hog_descriptors(b)
+    out = np.empty(len(second), dtype=np.float64)
+    for i, (ha, hb) in enumerate(zip(first, second)):
         sa, sb = ha.std(), hb.std()
         if sa == 0 or sb == 0:
             out[i] = 1.0 if sa == sb else 0.0
@@ -236,17 +244,36 @@ def hog_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 SIMILARITIES = ("spearman", "spearman_signed", "ssim", "hog")
 
 
+@dataclass(frozen=True)
+class SimilarityReference:
+    """The maps every cascade stage is compared with, with their ranks and HOG descriptors worked out once
+    (not once per stage)."""
+
+    maps: np.ndarray
+    signed: np.ndarray
+    ranks: tuple
+    signed_ranks: tuple
+    hog: list
+
+
+def similarity_reference(original: np.ndarray, original_signed: np.ndarray) -> SimilarityReference:
+    return SimilarityReference(original, original_signed, centred_ranks(original), centred_ranks(original_signed),
+                               hog_descriptors(original))
+
+
 def map_similarities(original: np.ndarray, maps: np.ndarray, original_signed: np.ndarray,
-                signed: np.ndarray) -> dict[str, MetricResult]:
-    """Adebayo et al.'s four similarities: Spearman of |maps| and of signed maps, SSIM and HOG."""
+                     signed: np.ndarray, reference: SimilarityReference | None = None) -> dict[str, MetricResult]:
+    """Adebayo et al.'s four similarities: Spearman of |maps| and of signed maps, SSIM and HOG.
+    ``reference``: ``similarity_reference(original, original_signed)``, when comparing it many times."""
+    ref = reference or similarity_reference(original, original_signed)
     cites = [CITES["adebayo2018"], CITES["arun2021"]]
     return {
-        "spearman": MetricResult("randomization_spearman", spearman_rows(original, maps), False, cites),
-        "spearman_signed": MetricResult("randomization_spearman_signed", spearman_rows(original_signed, signed),
-                                        False, cites),
-        "ssim": MetricResult("randomization_ssim", ssim_pairs(original, maps), False,
-                             cites + [CITES["wang2004"]]),
-        "hog": MetricResult("randomization_hog", hog_similarity(original, maps), False, cites),
+        "spearman": MetricResult("randomization_spearman", spearman_from_ranks(ref.ranks, centred_ranks(maps)),
+                                 False, cites),
+        "spearman_signed": MetricResult("randomization_spearman_signed",
+                                        spearman_from_ranks(ref.signed_ranks, centred_ranks(signed)), False, cites),
+        "ssim": MetricResult("randomization_ssim", ssim_pairs(ref.maps, maps), False, cites + [CITES["wang2004"]]),
+        "hog": MetricResult("randomization_hog", hog_similarity(ref.maps, maps, ref.hog), False, cites),
     }
 
 
@@ -271,7 +298,8 @@ def _run(model: Any, explainer: Explainer, images: np.ndarray, targets: np.ndarr
         original_signed = np.nan_to_num(as_maps(original_maps))
         original = normalize_maps(np.abs(original_signed))
     controls = control_explainers or {}
-    control_original = {name: _explain(fn, model, x, tgt) for name, fn in controls.items()}
+    reference = similarity_reference(original, original_signed)
+    control_reference = {name: similarity_reference(*_explain(fn, model, x, tgt)) for name, fn in controls.items()}
 
     work = clone_model(model)
     cloned = work is not None
@@ -294,12 +322,13 @@ def _run(model: Any, explainer: Explainer, images: np.ndarray, targets: np.ndarr
             reinitialize([lay for g in stage for lay in g.layers], np.random.default_rng([seed, i]))
             maps, signed = _explain(explainer, work, x, tgt)
             label = _stage_label(stage)
-            result["stages"][label] = {**map_similarities(original, maps, original_signed, signed), "layers": paths}
+            result["stages"][label] = {**map_similarities(original, maps, original_signed, signed, reference),
+                                       "layers": paths}
             result["order"].append(label)
             for name, fn in controls.items():  # weight-insensitive controls through the same cascade
                 c_maps, c_signed = _explain(fn, work, x, tgt)
-                c_orig, c_orig_signed = control_original[name]
-                result["controls"][name][label] = map_similarities(c_orig, c_maps, c_orig_signed, c_signed)
+                c_ref = control_reference[name]
+                result["controls"][name][label] = map_similarities(c_ref.maps, c_maps, c_ref.signed, c_signed, c_ref)
     finally:
         if not cloned:
             model.set_weights(snapshot)
