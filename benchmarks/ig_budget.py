@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 # (tolerance, min_steps, panels) of adaptive graded IG
-SETTINGS = [(0.05, 16, 4), (0.05, 8, 4), (0.05, 8, 2), (0.1, 8, 4)]
+SETTINGS = [(0.05, 16, 4), (0.05, 8, 4), (0.05, 8, 2), (0.1, 8, 4), (0.05, 4, 4), (0.05, 4, 2)]
 
 
 def rows_per_image(result) -> float:

@@ -6,8 +6,9 @@ the gate can compare any of them with a threshold without knowing which metric i
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import numpy as np
 from skimage.metrics import structural_similarity
@@ -149,9 +150,23 @@ def ssim_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         raise AlzAuditError(f"SSIM: map shapes differ, {a.shape} vs {b.shape}")
     win = _win_size(a.shape[1], a.shape[2])
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    out = np.array([structural_similarity(x, y, data_range=1.0, win_size=win) for x, y in zip(a64, b64)],
-                   dtype=np.float64)
+    out = np.array(map_in_threads(lambda k: structural_similarity(a64[k], b64[k], data_range=1.0, win_size=win),
+                                  range(len(a64))), dtype=np.float64)
     return np.nan_to_num(out, nan=0.0)
+
+
+def map_in_threads(fn: Callable[[Any], Any], items: Iterable[Any], *, min_items: int = 16) -> list:
+    """``[fn(item) for item in items]``, on up to four threads when there are at least ``min_items``: the
+    per-map work here (SciPy filters, scikit-image) releases the GIL, so the cores TensorFlow leaves idle
+    between passes share it. Results are in order and identical to the serial loop."""
+    items = list(items)
+    workers = min(4, os.cpu_count() or 1)
+    if workers < 2 or len(items) < min_items:
+        return [fn(item) for item in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(fn, items))
 
 
 def spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:

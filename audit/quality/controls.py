@@ -10,13 +10,14 @@ image's index, so the same image gets the same random control in every figure of
 """
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from typing import Callable
 
 import numpy as np
 from scipy.ndimage import gaussian_filter, sobel
 
-from audit.quality.base import as_images, normalize_maps
+from audit.quality.base import as_images, map_in_threads, normalize_maps
 from audit.schema_io import CONTROL_NAMES as CONTROLS  # noqa: F401 - the names, from their one home
 
 CONTROL_TITLES = {
@@ -37,11 +38,12 @@ def random_smooth_maps(shape: tuple[int, int, int], seed: int, keys: np.ndarray 
     keys = np.arange(n) if keys is None else np.asarray(keys).reshape(n)
     if not n:
         return np.zeros((0, h, w), np.float32)
-    return np.stack([_random_smooth_map(int(seed), int(k), h, w) for k in keys])
+    return np.stack(map_in_threads(lambda k: _random_smooth_map(int(seed), int(k), h, w), keys))
 
 
 _RANDOM_MAPS: OrderedDict = OrderedDict()  # (seed, key, h, w) -> map, least recently used first
 _RANDOM_MAPS_BYTES = 256 * 2**20
+_RANDOM_MAPS_LOCK = threading.Lock()
 
 
 def _random_smooth_map(seed: int, key: int, h: int, w: int) -> np.ndarray:
@@ -49,17 +51,19 @@ def _random_smooth_map(seed: int, key: int, h: int, w: int) -> np.ndarray:
     images' maps in every figure (localisation, agreement, faithfulness, stability), so each is smoothed
     once."""
     cache_key = (seed, key, h, w)
-    smooth = _RANDOM_MAPS.get(cache_key)
-    if smooth is not None:
-        _RANDOM_MAPS.move_to_end(cache_key)
-        return smooth
+    with _RANDOM_MAPS_LOCK:
+        smooth = _RANDOM_MAPS.get(cache_key)
+        if smooth is not None:
+            _RANDOM_MAPS.move_to_end(cache_key)
+            return smooth
     sigma = max(h, w) / 16.0
     noise = np.random.default_rng([seed, 7, key]).standard_normal((h, w))
     smooth = normalize_maps(gaussian_filter(noise, sigma=sigma, mode="reflect"))[0]
     smooth.flags.writeable = False
-    _RANDOM_MAPS[cache_key] = smooth
-    while len(_RANDOM_MAPS) * smooth.nbytes > _RANDOM_MAPS_BYTES:
-        _RANDOM_MAPS.popitem(last=False)
+    with _RANDOM_MAPS_LOCK:
+        _RANDOM_MAPS[cache_key] = smooth
+        while len(_RANDOM_MAPS) * smooth.nbytes > _RANDOM_MAPS_BYTES:
+            _RANDOM_MAPS.popitem(last=False)
     return smooth
 
 
@@ -85,8 +89,9 @@ def edge_maps(images: np.ndarray) -> np.ndarray:
     """Sobel gradient magnitude of each image: weight-insensitive, yet it follows the anatomy."""
     x = as_images(images)[..., 0].astype(np.float64)
     # One image at a time: an N-D Sobel would also smooth across neighbouring images of the batch.
-    edges = np.stack([np.hypot(sobel(image, axis=0, mode="nearest"), sobel(image, axis=1, mode="nearest"))
-                      for image in x]) if len(x) else np.zeros(x.shape)
+    edges = np.stack(map_in_threads(lambda image: np.hypot(sobel(image, axis=0, mode="nearest"),
+                                                           sobel(image, axis=1, mode="nearest")), x)) \
+        if len(x) else np.zeros(x.shape)
     return normalize_maps(edges)
 
 

@@ -13,8 +13,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from audit.quality.base import (CITES, MetricResult, as_images, as_maps, centred_ranks, normalize_maps,
-                                spearman_from_ranks, ssim_pairs)
+from audit.quality.base import (CITES, MetricResult, as_images, as_maps, centred_ranks, map_in_threads,
+                                normalize_maps, spearman_from_ranks, ssim_pairs)
 from model.errors import AlzAuditError
 
 Explainer = Callable[..., np.ndarray]
@@ -218,8 +218,8 @@ def hog_descriptors(maps: np.ndarray) -> list[np.ndarray]:
 
     maps = as_maps(maps)
     cell = max(2, min(maps.shape[1:]) // 16)
-    return [hog(m, orientations=9, pixels_per_cell=(cell, cell), cells_per_block=(2, 2), feature_vector=True)
-            for m in maps]
+    return map_in_threads(lambda m: hog(m, orientations=9, pixels_per_cell=(cell, cell), cells_per_block=(2, 2),
+                                        feature_vector=True), maps)
 
 
 def hog_similarity(a: np.ndarray, b: np.ndarray, a_descriptors: list[np.ndarray] | None = None) -> np.ndarray:

@@ -667,3 +667,18 @@ def test_the_subject_spread_sample_keeps_the_stage_quotas_and_covers_more_subjec
     unknown = sample(labels, 40, 0, 3, [None] * len(labels))
     assert len(set(unknown)) == 40
     assert set(labels[sample_disease(labels, 30, 0, 3, subjects)]) <= {1, 2, 3}
+
+
+def test_map_in_threads_keeps_order_and_equals_the_serial_loop():
+    """The threaded per-map loop returns the serial loop's results in the input's order, above and below the
+    threshold where it starts threads (a wrong order would pair maps with the wrong images)."""
+    import time
+
+    from audit.quality.base import map_in_threads
+
+    def slow_square(k):
+        time.sleep(0.001 * (k % 3))  # finishing out of order must not reorder the results
+        return k * k
+
+    for n in (3, 40):
+        assert map_in_threads(slow_square, range(n)) == [k * k for k in range(n)]
