@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from audit import hashing
-from audit.hashing import (DEFAULT_VARIANTS, Variant, apply_variant, brain_mask, canonical_thumbnail,
+from audit.hashing import (DEFAULT_VARIANTS, apply_variant, brain_mask, canonical_thumbnail,
                            flip_invariant, flipped, foreground_pose, hamming, hamming_search, pair_matrix,
                            register, similarity_search, ssim_batch, unit_rows, work_image)
 from audit.leakage import (DEFAULT_MATCH_MIN, DEFAULT_MAX_DISTANCE, DEFAULT_SSIM_MIN, DEFAULT_TOP_K, describe_work,

@@ -110,7 +110,6 @@ def test_a_weight_insensitive_explainer_fails_randomization(pytester, cohort, pr
 
 def test_nondemented_slices_are_not_asked_to_point_at_or_remove_evidence(cohort, probes, tmp_path):
     """The reference stage's evidence is the absence of atrophy: localisation and faithfulness skip it."""
-    import numpy as np
 
     from audit.runner import AuditConfig, AuditRun
     from model.classes import CLASSES, REFERENCE_CLASS
