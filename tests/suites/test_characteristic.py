@@ -91,6 +91,22 @@ def test_the_committed_record_has_the_documented_shape():
     validate_record(json.loads(path.read_text()))
 
 
+def test_the_committed_record_is_a_whole_bank():
+    """The record decides which checks gate: a partial one (a bank run interrupted, or committed while it
+    ran) would silently re-promote checks that cannot tell good models from bad. Both banks, every model
+    judged in both conditions, every explanation check with an AUROC."""
+    record = json.loads((ROOT / "docs" / "gate_characteristic.json").read_text())
+    kinds = [m["kind"] for m in record["models"]]
+    assert kinds.count("good") >= 5 and kinds.count("bad") >= 5, kinds
+    assert (record["n_good"], record["n_bad"]) == (kinds.count("good"), kinds.count("bad"))
+    for model in record["models"]:
+        assert set(model["conditions"]) == {"with_masks", "without_masks"}, model["name"]
+    for condition in ("with_masks", "without_masks"):
+        checks = record["checks"][condition]
+        judged = [c for c in checks if c.startswith(("explanations.", "stability.")) and checks[c]["good_n"]]
+        assert judged and all(checks[c]["auroc"] is not None for c in judged), condition
+
+
 def _thresholds(text: str):
     import tomllib
 
