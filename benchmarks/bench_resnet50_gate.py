@@ -104,8 +104,9 @@ def main() -> int:
     verdict = run_gate(str(model_path), args.data, str(work / "audit"), thresholds=args.thresholds,
                        command="benchmarks/bench_resnet50_gate.py")
     wall = time.perf_counter() - started
-    # The unit is the median of passes before and after the gate: a short burst on a shared or throttled
-    # machine runs faster than the gate's minutes of sustained work, and the fastest pass would flatter it.
+    # The unit is the median of passes before and after the gate: a short burst runs faster than minutes of
+    # sustained work, so the fastest pass alone would not be measured under the gate's conditions. The pass
+    # count in fastest-pass units is printed beside it (the stricter figure).
     passes += forward_pass_seconds(model_path, args.data, repeats=2)[1]
     forward = float(sorted(passes)[len(passes) // 2])
     print(f"unit: one forward pass = {forward:.1f} s ({1000 * forward / n_images:.1f} ms/image), the median of "
@@ -125,7 +126,7 @@ def main() -> int:
         print(f"{name:16s} {seconds:8.1f} {seconds / forward:15.1f}")
     print(f"{'stages':16s} {stages:8.1f} {stages / forward:15.1f}")
     print(f"{'whole gate':16s} {wall:8.1f} {wall / forward:15.1f}   (target: <= {TARGET_PASSES} forward passes, "
-          f"<= {TARGET_MINUTES:g} min; {wall / 60:.2f} min)")
+          f"<= {TARGET_MINUTES:g} min; {wall / 60:.2f} min; {wall / min(passes):.1f} passes of the fastest pass)")
     print(f"plan printed at start: {planned:.1f} s; measured whole gate {wall:.1f} s "
           f"({100 * (wall / planned - 1):+.0f}%, target within ±15%)")
     print("sample sizes: " + ", ".join(f"{k} {v}" for k, v in run["sample_sizes"].items()))
