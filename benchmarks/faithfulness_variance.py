@@ -13,7 +13,8 @@ slice. Every cheaper design is then read from those curves without another pass:
 
 For each design it prints the forward passes per image, the mean width of the subject-bootstrap 95% CI of
 the three skill figures (score, deletion, insertion) over the draws, and how far the grid moves the skill
-from the 20-step value (the discretisation error, beside the CI half-width). The variance decomposition of
+from the 20-step value (the discretisation error, beside the CI half-width); ``--adaptive`` also tries
+coarse-to-fine curves with an error bound. The variance decomposition of
 the per-image score skill (between subjects / within subjects) says which lever matters.
 """
 from __future__ import annotations
@@ -170,6 +171,48 @@ def decompose(values: np.ndarray, subjects: list) -> tuple[float, float]:
     return float(between), float(within)
 
 
+# Coarse-to-fine with an error bound (the issue's suggestion), on the 1/20 lattice: every curve gets LEVEL0's
+# inner points; where their trapezoid differs from the one over COARSE by more than the tolerance, LEVEL1's too.
+LEVEL0, LEVEL1, COARSE = (0.2, 0.5), (0.1, 0.35, 0.7), (0.5,)
+
+
+def adaptive_table(name: str, curves, names, subjects, idx, tolerances=(0.01, 0.02, 0.04)) -> None:
+    """Mean inner points per curve and the three skills (CI width) of the adaptive design beside the fixed
+    gate grid and 20 steps, on the same images. Curves are scaled by each image's range over all 21 points
+    (the adaptive design would see fewer: this flatters it slightly)."""
+    from audit.quality.skill import compare_to_controls
+
+    lo = curves.min(axis=(1, 2, 3), keepdims=True)
+    spread = curves.max(axis=(1, 2, 3), keepdims=True) - lo
+    moving = spread > 1e-3 * np.maximum(1.0, np.abs(curves[:, :1, :1, :1]))
+    scaled = np.where(moving, (curves - lo) / np.where(moving, spread, 1.0), 0.0)
+
+    def trapezoid(points):
+        steps = sorted({0, FINE_STEPS, *(int(round(p * FINE_STEPS)) for p in points)})
+        integrate = getattr(np, "trapezoid", None) or np.trapz  # numpy 2 renamed it
+        return integrate(scaled[..., steps], np.array(steps) / FINE_STEPS, axis=-1)
+
+    def skills(auc):
+        out = []
+        for curve in CURVES:
+            a = auc[idx]
+            v = a[..., 1] - a[..., 0] if curve == "score" else a[..., 0 if curve == "deletion_auc" else 1]
+            c = compare_to_controls(v[:, 0], {k: v[:, 1 + i] for i, k in enumerate(names)},
+                                    higher_is_better=curve != "deletion_auc", subjects=[subjects[i] for i in idx])
+            out.append(f"{c['skill']:+.4f} ({c['skill_ci'][1] - c['skill_ci'][0]:.4f})")
+        return "  ".join(out)
+
+    print(f"{name}: skill (CI width) score / deletion / insertion")
+    print(f"  20 steps            {skills(trapezoid([i / FINE_STEPS for i in range(1, FINE_STEPS)]))}")
+    print(f"  gate grid, 4 points {skills(trapezoid([0.1, 0.2, 0.4, 0.7]))}")
+    t0, tc, t1 = trapezoid(LEVEL0), trapezoid(COARSE), trapezoid(LEVEL0 + LEVEL1)
+    for tol in tolerances:
+        refine = np.abs(t0 - tc) > tol
+        points = len(LEVEL0) + refine * len(LEVEL1)
+        print(f"  adaptive tol {tol:<5g} {skills(np.where(refine, t1, t0))}   "
+              f"{points[idx].mean():.2f} inner points per curve")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", action="append", help="calibrate_cohort run folder(s) (default out/calib_c/seed0)")
@@ -181,6 +224,8 @@ def main() -> int:
     parser.add_argument("--grids", help="comma-separated names of GRIDS to try (default: all)")
     parser.add_argument("--before-images", type=int, default=64,
                         help="images of the 20-step reference row (the gate's default before 2026-12-03)")
+    parser.add_argument("--adaptive", action="store_true",
+                        help="also try coarse-to-fine curves with an error bound (one spread sample per model)")
     parser.add_argument("--resnet50-data", help="a split manifest: also study a random-weight ResNet50 at 224² "
                                                 "on the gate's faithfulness sample of it (~10 min on 2 cores)")
     args = parser.parse_args()
@@ -192,6 +237,8 @@ def main() -> int:
         print(f"random-weight ResNet50 224², the gate's {len(subjects)} faithfulness images "
               f"({len(set(subjects))} subjects), every grid on the same images:")
         same_images_table(curves, fraction, names, subjects)
+        if args.adaptive:
+            adaptive_table("random-weight ResNet50", curves, names, subjects, np.arange(len(subjects)))
         if not args.run:
             return 0
 
@@ -205,6 +252,9 @@ def main() -> int:
         best = max(names, key=lambda k: full["controls"][k]["score"].per_sample.mean())
         skill = full["score"].per_sample - full["controls"][best]["score"].per_sample
         between, within = decompose(skill, subjects)
+        if args.adaptive:
+            adaptive_table(folder.name, curves, names, subjects,
+                           spread_sample(labels, subjects, args.images, np.random.default_rng(0)))
         print(f"per-image score skill over {best}: between-subject variance {between:.4f}, within {within:.4f}")
         rng_seed = 0
         print(f"{'grid':28s} {'passes/img':>10s} {'sampler':>8s} " + " ".join(f"{c + ' CI':>18s}" for c in CURVES)
