@@ -5,6 +5,7 @@ manifest, the settings, and the versions of TensorFlow, Keras and alzaudit's own
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 from typing import Callable
@@ -24,20 +25,26 @@ def software_fingerprint() -> tuple:
         import keras
         import tensorflow as tf
 
-        try:
-            from importlib.metadata import version
-
-            own = version("alzaudit")
-        except Exception:  # noqa: BLE001 - running from a source tree
-            own = "source"
-        digest = hashlib.sha256()
-        root = Path(__file__).resolve().parents[1]
-        for package in ("audit", "model"):
-            for source in sorted((root / package).rglob("*.py")):
-                digest.update(source.relative_to(root).as_posix().encode())
-                digest.update(source.read_bytes())
-        _FINGERPRINT = (tf.__version__, keras.__version__, own, digest.hexdigest()[:16])
+        _FINGERPRINT = (tf.__version__, keras.__version__, *source_fingerprint())
     return _FINGERPRINT
+
+
+@functools.lru_cache(maxsize=1)
+def source_fingerprint() -> tuple[str, str]:
+    """(alzaudit version, hash of alzaudit's own ``audit`` and ``model`` sources), without TensorFlow."""
+    try:
+        from importlib.metadata import version
+
+        own = version("alzaudit")
+    except Exception:  # noqa: BLE001 - running from a source tree
+        own = "source"
+    digest = hashlib.sha256()
+    root = Path(__file__).resolve().parents[1]
+    for package in ("audit", "model"):
+        for source in sorted((root / package).rglob("*.py")):
+            digest.update(source.relative_to(root).as_posix().encode())
+            digest.update(source.read_bytes())
+    return own, digest.hexdigest()[:16]
 
 
 class ArrayCache:
@@ -76,27 +83,31 @@ def user_cache_dir() -> Path | None:
     chosen = os.environ.get("ALZAUDIT_CACHE_DIR")
     if chosen is not None:
         return Path(chosen) if chosen.strip() else None
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    base = os.environ.get("XDG_CACHE_HOME")
+    if not base:
+        try:
+            base = str(Path.home() / ".cache")
+        except (RuntimeError, KeyError):  # no home directory (e.g. an arbitrary uid in a container)
+            return None
     return Path(base) / "alzaudit"
 
 
 def cached_arrays(name: str, compute: Callable[[], dict[str, np.ndarray]], *key_parts) -> dict[str, np.ndarray]:
     """``compute()`` (a dict of arrays) once per machine and software: kept as ``<name>-<key>.npz`` in
-    ``user_cache_dir()``, keyed by ``key_parts`` and ``software_fingerprint()``. Loaded without pickle; an
-    unreadable or unwritable cache only costs the computation, never the run."""
-    import zipfile
-
+    ``user_cache_dir()``, keyed by ``key_parts`` (the versions of the libraries ``compute`` uses) and
+    ``source_fingerprint()``. Loaded without pickle; an unreadable, damaged or unwritable cache only costs the
+    computation, never the run."""
     folder = user_cache_dir()
     if folder is None:
         return compute()
-    parts = (*key_parts, *software_fingerprint())
+    parts = (*key_parts, *source_fingerprint())
     path = folder / f"{name}-{hashlib.sha256('|'.join(map(str, parts)).encode()).hexdigest()[:16]}.npz"
-    if path.is_file():
-        try:
+    try:
+        if path.is_file():
             with np.load(path, allow_pickle=False) as saved:
                 return {key: saved[key] for key in saved.files}
-        except (OSError, ValueError, zipfile.BadZipFile):
-            pass  # damaged: recompute and overwrite
+    except Exception:  # noqa: BLE001 - damaged, truncated or unreadable: recompute and overwrite
+        pass
     value = compute()
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -108,18 +108,25 @@ def measure_costs(run, batch: int | None = None) -> UnitCosts:
     chosen = ig_sample(run, run.config)  # sorted by index, i.e. often by stage: take them spread out
     probe = chosen[np.linspace(0, len(chosen) - 1, min(IG_PROBE_IMAGES, len(chosen))).round().astype(int)]
     settings = run.ig_settings
+    started = time.perf_counter()
     result = integrated_gradients(run.model, run.inputs[probe], run.model_targets[probe], **settings)
+    probe_seconds = time.perf_counter() - started
     run.ig_probe = (probe, result, settings)  # the IG stage reuses these images' results
     rows = max(int(result.gradient_evaluations), 1)
     ig_rows_per_image = rows / max(len(probe), 1)
     # The row cost from one full batch: the probe's refinement rounds run a few rows at a time, which costs
     # twice as much per row as the stage's batches of 64 (measured on a ResNet50: 2.4 planned vs 1.2 min).
-    full = min(IG_ROW_BATCH, settings["batch_size"])
-    tiled = np.resize(run.inputs[probe], (full, *run.inputs.shape[1:]))
-    started = time.perf_counter()
-    ig_function(run.model, "logit")(tiled, np.zeros_like(tiled), np.linspace(0, 1, full).astype(np.float32),
-                                    np.zeros(full, np.int32))
-    ig_row = (time.perf_counter() - started) / full
+    # Under a tf.distribute strategy the stage splits rows over replicas: keep the probe's own figure there.
+    ig_row = probe_seconds / rows
+    if settings.get("strategy") is None:
+        full = min(IG_ROW_BATCH, settings["batch_size"])
+        tiled = np.resize(run.inputs[probe], (full, *run.inputs.shape[1:]))
+        started = time.perf_counter()
+        outputs = ig_function(run.model, "logit")(tiled, np.zeros_like(tiled),
+                                                  np.linspace(0, 1, full).astype(np.float32), np.zeros(full, np.int32))
+        for tensor in outputs:  # wait for the device: an accelerator returns before it has finished
+            tensor.numpy()
+        ig_row = (time.perf_counter() - started) / full
     from audit.anatomy import register_slices
     from audit.anatomy.prior import load_prior
     from audit.anatomy.registration import load_atlas

@@ -6,9 +6,13 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 # The per-machine cache (audit.cache.user_cache_dir) of a test session lives and dies with it.
+import atexit  # noqa: E402
+import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
-os.environ.setdefault("ALZAUDIT_CACHE_DIR", tempfile.mkdtemp(prefix="alzaudit-test-cache-"))
+if "ALZAUDIT_CACHE_DIR" not in os.environ:
+    os.environ["ALZAUDIT_CACHE_DIR"] = tempfile.mkdtemp(prefix="alzaudit-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["ALZAUDIT_CACHE_DIR"], ignore_errors=True)
 
 from pathlib import Path
 

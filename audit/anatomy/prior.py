@@ -58,7 +58,10 @@ def load_prior() -> PriorPlanes:
     in the user cache (``audit.cache.cached_arrays``)."""
     from audit.cache import cached_arrays
 
-    flat = cached_arrays("mni152-prior", _prior_arrays, template_version())
+    return _prior_from_arrays(cached_arrays("mni152-prior", _prior_arrays, template_version()))
+
+
+def _prior_from_arrays(flat: dict[str, np.ndarray]) -> PriorPlanes:
     return PriorPlanes(z_mm=flat["z_mm"], brain=flat["brain"], regions={name: flat[name] for name in REGIONS})
 
 

@@ -88,7 +88,10 @@ def load_atlas() -> TemplateAtlas:
     (a few seconds of 3-D distance transforms) and kept in the user cache (``audit.cache.cached_arrays``)."""
     from audit.cache import cached_arrays
 
-    flat = cached_arrays("mni152-atlas", lambda: _atlas_arrays(_build_atlas()), template_version())
+    return _atlas_from_arrays(cached_arrays("mni152-atlas", lambda: _atlas_arrays(_build_atlas()), template_version()))
+
+
+def _atlas_from_arrays(flat: dict[str, np.ndarray]) -> TemplateAtlas:
     canon = {frame: (flat[f"canon_{frame}_values"], flat[f"canon_{frame}_masks"]) for frame in _FRAMES}
     return TemplateAtlas(**{name: flat[name] for name in _ATLAS_ARRAYS}, canon=canon)
 

@@ -57,10 +57,13 @@ def load_volumes() -> Volumes:
 
 
 def template_version() -> str:
-    """What the template's arrays derive from, for cache keys: nilearn's MNI152 files change only with it."""
-    from importlib.metadata import version
+    """What the template's derived arrays depend on besides alzaudit's own code, for cache keys: nilearn's
+    MNI152 files, and the numpy, SciPy and OpenCV that resample, filter and distance-transform them."""
+    import cv2
+    import nilearn
+    import scipy
 
-    return f"nilearn-{version('nilearn')}"
+    return f"nilearn-{nilearn.__version__}|numpy-{np.__version__}|scipy-{scipy.__version__}|opencv-{cv2.__version__}"
 
 
 def to_planes(volume: np.ndarray) -> np.ndarray:

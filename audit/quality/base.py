@@ -160,7 +160,8 @@ def map_in_threads(fn: Callable[[Any], Any], items: Iterable[Any], *, min_items:
     per-map work here (SciPy filters, scikit-image) releases the GIL, so the cores TensorFlow leaves idle
     between passes share it. Results are in order and identical to the serial loop."""
     items = list(items)
-    workers = min(4, os.cpu_count() or 1)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = min(4, cores)
     if workers < 2 or len(items) < min_items:
         return [fn(item) for item in items]
     from concurrent.futures import ThreadPoolExecutor

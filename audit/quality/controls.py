@@ -44,6 +44,7 @@ def random_smooth_maps(shape: tuple[int, int, int], seed: int, keys: np.ndarray 
 _RANDOM_MAPS: OrderedDict = OrderedDict()  # (seed, key, h, w) -> map, least recently used first
 _RANDOM_MAPS_BYTES = 256 * 2**20
 _RANDOM_MAPS_LOCK = threading.Lock()
+_RANDOM_MAPS_HELD = 0  # bytes
 
 
 def _random_smooth_map(seed: int, key: int, h: int, w: int) -> np.ndarray:
@@ -60,10 +61,13 @@ def _random_smooth_map(seed: int, key: int, h: int, w: int) -> np.ndarray:
     noise = np.random.default_rng([seed, 7, key]).standard_normal((h, w))
     smooth = normalize_maps(gaussian_filter(noise, sigma=sigma, mode="reflect"))[0]
     smooth.flags.writeable = False
+    global _RANDOM_MAPS_HELD
     with _RANDOM_MAPS_LOCK:
-        _RANDOM_MAPS[cache_key] = smooth
-        while len(_RANDOM_MAPS) * smooth.nbytes > _RANDOM_MAPS_BYTES:
-            _RANDOM_MAPS.popitem(last=False)
+        if cache_key not in _RANDOM_MAPS:
+            _RANDOM_MAPS[cache_key] = smooth
+            _RANDOM_MAPS_HELD += smooth.nbytes
+        while _RANDOM_MAPS_HELD > _RANDOM_MAPS_BYTES and _RANDOM_MAPS:
+            _RANDOM_MAPS_HELD -= _RANDOM_MAPS.popitem(last=False)[1].nbytes
     return smooth
 
 

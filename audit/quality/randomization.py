@@ -265,6 +265,8 @@ def map_similarities(original: np.ndarray, maps: np.ndarray, original_signed: np
                      signed: np.ndarray, reference: SimilarityReference | None = None) -> dict[str, MetricResult]:
     """Adebayo et al.'s four similarities: Spearman of |maps| and of signed maps, SSIM and HOG.
     ``reference``: ``similarity_reference(original, original_signed)``, when comparing it many times."""
+    if reference is not None and (reference.maps is not original or reference.signed is not original_signed):
+        raise ValueError("map_similarities: reference was built from other maps")
     ref = reference or similarity_reference(original, original_signed)
     cites = [CITES["adebayo2018"], CITES["arun2021"]]
     return {

@@ -682,3 +682,36 @@ def test_map_in_threads_keeps_order_and_equals_the_serial_loop():
 
     for n in (3, 40):
         assert map_in_threads(slow_square, range(n)) == [k * k for k in range(n)]
+
+
+def test_random_control_maps_are_memoised_read_only_and_bounded(monkeypatch):
+    """The memo returns the same maps as a fresh smoothing, never lets a caller write into a cached map, and
+    evicts the least recently used maps beyond its byte budget."""
+    from audit.quality import controls
+
+    monkeypatch.setattr(controls, "_RANDOM_MAPS", __import__("collections").OrderedDict())
+    monkeypatch.setattr(controls, "_RANDOM_MAPS_HELD", 0)
+    monkeypatch.setattr(controls, "_RANDOM_MAPS_BYTES", 3 * 20 * 30 * 4)  # three 20x30 float32 maps
+    first = controls.random_smooth_maps((4, 20, 30), seed=1, keys=np.array([0, 1, 2, 3]))
+    assert len(controls._RANDOM_MAPS) == 3 and controls._RANDOM_MAPS_HELD == 3 * 20 * 30 * 4
+    first[:] = -1.0  # the stacked result is the caller's own copy
+    again = controls.random_smooth_maps((4, 20, 30), seed=1, keys=np.array([0, 1, 2, 3]))
+    assert again.min() >= 0.0 and again.max() == 1.0
+    assert all(not m.flags.writeable for m in controls._RANDOM_MAPS.values())
+    other_seed = controls.random_smooth_maps((1, 20, 30), seed=2, keys=np.array([0]))
+    assert not np.array_equal(other_seed[0], again[0])
+
+
+def test_similarities_with_a_kept_reference_equal_the_plain_call():
+    from audit.quality.randomization import map_similarities, similarity_reference
+
+    rng = np.random.default_rng(3)
+    original, other = rng.random((5, 24, 24)), rng.random((5, 24, 24))
+    signed, other_signed = original - 0.5, other - 0.5
+    reference = similarity_reference(original, signed)
+    kept = map_similarities(original, other, signed, other_signed, reference)
+    plain = map_similarities(original, other, signed, other_signed)
+    for key in plain:
+        assert np.array_equal(kept[key].per_sample, plain[key].per_sample), key
+    with pytest.raises(ValueError):
+        map_similarities(other, other, other_signed, other_signed, reference)
