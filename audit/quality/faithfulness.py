@@ -28,6 +28,14 @@ def blurred_baseline(images: np.ndarray, blur_sigma: float | None = None) -> np.
     return gaussian_filter(images, sigma=(0, sigma, sigma, 0), mode="nearest").astype(np.float32)
 
 
+def descending_order(values: np.ndarray, shuffle: np.ndarray) -> np.ndarray:
+    """Each row's pixels from the highest value down, ties in ``shuffle``'s order (a permutation per row):
+    ``np.lexsort((tie_break, -values))`` with ``shuffle = argsort(tie_break, stable)``, but one stable sort
+    per map instead of two, the tie-break's sort being shared by every map of the image."""
+    keyed = np.take_along_axis(-values, shuffle, axis=1)
+    return np.take_along_axis(shuffle, np.argsort(keyed, axis=1, kind="stable"), axis=1)
+
+
 def _ranks(order: np.ndarray) -> np.ndarray:
     """rank[i, p] = position of pixel p in row i's order (0 = first removed/inserted)."""
     ranks = np.empty_like(order)
@@ -134,13 +142,14 @@ def faithfulness_curves(predict_fn: Callable[[np.ndarray], np.ndarray], images: 
     n_px = h * w
     rng = np.random.default_rng(seed)
     tie_break = rng.random((n, n_px))
-    orders = [np.lexsort((tie_break, -m.reshape(n, n_px)), axis=-1)]
+    shuffle = np.argsort(tie_break, axis=1, kind="stable")  # shared by every map's order
+    orders = [descending_order(m.reshape(n, n_px), shuffle)]
     names = list(controls)
     if "random" not in controls:  # the classic reference: a random pixel order
         names.append("random_pixels")
         orders.append(np.argsort(rng.random((n, n_px)), axis=1))
     for name in controls:
-        orders.insert(1 + names.index(name), np.lexsort((tie_break, -controls[name].reshape(n, n_px)), axis=-1))
+        orders.insert(1 + names.index(name), descending_order(controls[name].reshape(n, n_px), shuffle))
     ranks = np.stack([_ranks(o) for o in orders], axis=1)  # (n, orders, P)
     counts = np.round(fractions * n_px).astype(np.int64)
     fraction = counts / n_px

@@ -546,6 +546,44 @@ def test_control_maps_are_image_only_scaled_and_deterministic():
     assert np.allclose(edge_maps(x[1:2])[0], e[1])
 
 
+def test_descending_order_is_lexsorts_order_with_ties_broken_by_the_tie_break():
+    from audit.quality.faithfulness import descending_order
+
+    rng = np.random.default_rng(5)
+    values = rng.integers(0, 4, (3, 200)).astype(np.float32)  # many ties
+    values[2] = 0.0  # all tied: the tie-break alone decides
+    tie_break = rng.random((3, 200))
+    tie_break[:, :10] = 0.5  # ties in the tie-break too: then by index, as lexsort
+    shuffle = np.argsort(tie_break, axis=1, kind="stable")
+    assert np.array_equal(descending_order(values, shuffle), np.lexsort((tie_break, -values), axis=-1))
+
+
+def test_edge_maps_equal_scipys_sobel():
+    from audit.quality.controls import edge_maps, edge_maps_scipy
+
+    rng = np.random.default_rng(3)
+    raw = rng.integers(0, 256, (5, 37, 29, 1)).astype(np.float32)  # 0-255 intensities: integer arithmetic
+    raw[0] = 9.0  # a flat image: no edges at all
+    assert np.array_equal(edge_maps(raw), edge_maps_scipy(raw))
+    scaled = raw / 255.0  # input_scale 1: the same to float rounding
+    np.testing.assert_allclose(edge_maps(scaled), edge_maps_scipy(scaled), rtol=0, atol=1e-6)
+    assert edge_maps(raw[:0]).shape == (0, 37, 29)
+
+
+def test_ssim_of_identical_maps_is_skimages_exact_one():
+    from skimage.metrics import structural_similarity
+
+    rng = np.random.default_rng(4)
+    a = rng.random((6, 24, 24)).astype(np.float32)
+    b = a.copy()
+    b[1] = rng.random((24, 24))  # pairs 0, 2-5 identical (5: all zeros), pair 1 not
+    a[5] = b[5] = 0.0
+    got = ssim_pairs(a, b)
+    want = [structural_similarity(a[k].astype(np.float64), b[k].astype(np.float64), data_range=1.0, win_size=7)
+            for k in range(6)]
+    assert np.array_equal(got, np.asarray(want)) and got[1] < 1.0 and np.all(got[[0, 2, 3, 4, 5]] == 1.0)
+
+
 def test_skill_is_the_margin_over_the_best_control_with_a_subject_bootstrap():
     from audit.quality.skill import compare_to_controls
 
@@ -620,6 +658,24 @@ def test_edge_map_control_fails_randomization_at_the_gate_stage_while_gradients_
     assert set(res["stages"][res["order"][0]]) >= {"spearman", "spearman_signed", "ssim", "hog"}
     as_model = cascading_randomization(trained, sobel_explainer, x, y)
     assert as_model["gate_similarity"]["spearman"] > 0.99 and not passes_sanity(as_model, 0.5, which="gate")
+
+
+def test_a_weight_insensitive_control_is_scored_once_through_the_cascade(trained, data, monkeypatch):
+    import audit.quality.randomization as randomization
+
+    x, y = data[0][:8], data[1][:8]
+    edge = lambda _m, images, _t: sobel_explainer(None, images)  # noqa: E731
+    calls = []
+    plain = randomization.map_similarities
+    monkeypatch.setattr(randomization, "map_similarities", lambda *a, **k: calls.append(1) or plain(*a, **k))
+    res = cascading_randomization(trained, grad_explainer, x, y, control_explainers={"edge": edge})
+    stages = len(res["order"])
+    assert stages > 2 and len(calls) == stages + 1  # the model's maps at every stage, the edge maps once
+    maps = normalize_maps(np.abs(np.nan_to_num(sobel_explainer(None, x))))
+    fresh = plain(maps, maps, sobel_explainer(None, x), sobel_explainer(None, x))
+    for label in res["order"]:
+        for key in ("spearman", "spearman_signed", "ssim", "hog"):
+            assert np.array_equal(res["controls"]["edge"][label][key].per_sample, fresh[key].per_sample), key
 
 
 def test_signed_spearman_sees_a_sign_flip_that_absolute_spearman_hides():
