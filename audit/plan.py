@@ -27,7 +27,7 @@ IG_ROWS_PER_IMAGE = {"graded": 32, "trapezoid": 44, "clenshaw-curtis": 50}
 IG_PROBE_IMAGES = 4
 RANDOMIZATION_STAGES = 6
 IG_ROW_BATCH = 32          # rows of the timed IG batch that gives the plan its cost per gradient row
-THROUGHPUT_ROUNDS = 3    # the gate's throughput checks: timed batches per figure, after one warm-up
+THROUGHPUT_ROUNDS = 3    # the gate's throughput checks: timed batches per figure, after a 2-image warm-up
 # A budget is planned to this share of its minutes: the unit costs come from a few images and vary by ~5%
 # from run to run, and the data checks (leakage) are not planned. Measured on a random-weight ResNet50 at
 # 224² (docs/measurements.md, 2026-12-03): the whole gate took 1.08x its plan.
@@ -194,13 +194,14 @@ def plan_stages(n_images: int, config, costs: UnitCosts, n_sigmas: int, *,
     curves = FAITHFULNESS_ORDERS * 2 * inner + 2
     noisy = n_sigmas * config.stability_draws
     # A CAM's forward pass also gives the noisy copies' predictions; a reference explainer needs a pass more.
-    # Each noisy copy also gets the four image-only control maps and five SSIMs (the model's, the controls').
+    # Each noisy copy also gets the four image-only control maps and four SSIMs (the model's and the image-
+    # dependent controls'; the centre prior's maps are identical, which costs no SSIM).
     cam = config.explainer in CAM_METHODS
-    per_noisy = costs.gradcam + (0.0 if cam else costs.forward) + 5 * costs.ssim_pair + costs.image_controls
+    per_noisy = costs.gradcam + (0.0 if cam else costs.forward) + 4 * costs.ssim_pair + costs.image_controls
     shown = min(n_images, 2 * config.gallery_per_class * 4) if gallery is None else gallery[0]
     own_ig = shown if gallery is None else gallery[1]
     batch = min(config.batch_size, n_images)
-    timed = (THROUGHPUT_ROUNDS + 1) * batch
+    timed = THROUGHPUT_ROUNDS * batch + 2
     if cam and n_cam == n_images:
         first = [StagePlan("predictions + Grad-CAM", n_images, "1 Grad-CAM (its forward pass is the prediction)",
                            n_images * costs.gradcam)]
@@ -220,7 +221,7 @@ def plan_stages(n_images: int, config, costs: UnitCosts, n_sigmas: int, *,
                   n_r * RANDOMIZATION_STAGES * (costs.gradcam + 2 * costs.similarity) + costs.trace),
         StagePlan("gallery", shown, f"1 Grad-CAM++; IG (~{rows:.0f} rows) for the {own_ig} outside the IG sample",
                   shown * costs.gradcam + own_ig * rows * costs.ig_row + (costs.trace if shown else 0.0)),
-        StagePlan("throughput", batch, f"{THROUGHPUT_ROUNDS + 1} timed batches of inference and of Grad-CAM",
+        StagePlan("throughput", batch, f"{THROUGHPUT_ROUNDS} timed batches of inference and of Grad-CAM",
                   timed * (costs.forward + costs.gradcam)),
     ]
 
