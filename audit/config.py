@@ -21,8 +21,11 @@ class AuditConfig:
     ig_scheme: str = "graded"        # IG nodes (audit.explain.ig.SCHEMES): graded = trapezoid after alpha = t^2
     ig_min_steps: int = 8            # intervals every image starts with when ig_tolerance > 0 (docs/metrics.md)
     ig_panels: int = 4               # adaptive IG: path pieces refined apart, each by its own exact error
-    stability_images: int = 64
-    stability_draws: int = 5
+    # 96 slices x 2 noise draws: the SSIM's CI is set by subjects and slices, not by draws (a slice's
+    # draw-to-draw variance is a fifth of the between-subject variance or less), so this is narrower than
+    # 64 x 5 at 60% of the Grad-CAMs (benchmarks/stability_variance.py, docs/measurements.md).
+    stability_images: int = 96
+    stability_draws: int = 2
     sigmas: tuple = (0.02, 0.05)
     faithfulness_images: int = 64
     faithfulness_steps: int = 0          # N > 0: N equal steps; 0: the points below

@@ -93,9 +93,10 @@ def test_the_plan_scales_with_the_work_and_a_budget_shrinks_the_sampled_stages()
     # 4 inner points (config.faithfulness_points) per order and curve; the shared curve ends once
     assert plans["faithfulness"].seconds == pytest.approx(64 * (5 * 2 * 4 + 2) * 0.01)
     # the noisy copies' predictions come from the CAM's own pass; a reference explainer pays a pass more
-    assert plans["stability"].seconds == pytest.approx(64 * 2 * 5 * 0.012)
+    noisy = config.stability_images * 2 * config.stability_draws
+    assert plans["stability"].seconds == pytest.approx(noisy * 0.012)
     edge = {p.stage: p for p in plan_stages(160, AuditConfig(explainer="edge"), costs, n_sigmas=2)}
-    assert edge["stability"].seconds == pytest.approx(64 * 2 * 5 * (0.012 + 0.01))
+    assert edge["stability"].seconds == pytest.approx(noisy * (0.012 + 0.01))
     assert edge["predictions"].seconds == pytest.approx(1.6) and edge["Grad-CAM"].seconds == pytest.approx(1.92)
     # the gallery pays IG only for the examples outside the IG sample
     reused = {p.stage: p for p in plan_stages(160, config, costs, n_sigmas=2, gallery=(16, 3))}
